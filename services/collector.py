@@ -1,0 +1,177 @@
+"""collector: ingests every service's records over ZeroMQ, keeps them, joins flows, answers queries.
+
+Sockets (the stable side binds):
+  PULL on SOCKLAB_INGEST_PORT: msgpack records (shared.record); a bad one is counted, logged, kept out.
+  REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "records"}.
+Every accepted record is appended to an append-only store before it is indexed, so a restart
+replays the store and loses nothing stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import struct
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import zmq
+
+from services.flows import join_flows
+from shared.config import load_config
+from shared.record import Observation, pack_observation, unpack_observation
+
+log = logging.getLogger(__name__)
+
+STORE_HEADER = struct.Struct("!I")
+
+
+class Store:
+    """An append-only file of length-prefixed records."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._file = open(path, "ab")  # noqa: SIM115 - held open for the store's life
+
+    def append(self, record: bytes) -> None:
+        """Write one record through to the file."""
+        self._file.write(STORE_HEADER.pack(len(record)) + record)
+        self._file.flush()
+
+    def replay(self) -> Iterator[bytes]:
+        """Yield every whole record stored; a torn tail from a crash is reported and skipped."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + STORE_HEADER.size <= len(data):
+            (length,) = STORE_HEADER.unpack_from(data, pos)
+            end = pos + STORE_HEADER.size + length
+            if end > len(data):
+                break
+            yield data[pos + STORE_HEADER.size : end]
+            pos = end
+        if pos != len(data):
+            log.warning("store %s has a torn tail of %d bytes", self.path, len(data) - pos)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Collector:
+    """Records in memory and on disk, and the report built from them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.observations: list[Observation] = []
+        self.rejected = 0
+        self.bad_queries = 0
+        for raw in store.replay():
+            try:
+                self.observations.append(unpack_observation(raw))
+            except ValueError as exc:
+                log.warning("stored record skipped: %s", exc)
+        log.info("replayed %d records from %s", len(self.observations), store.path)
+
+    def ingest(self, raw: bytes) -> bool:
+        """Check, store and index one record; False when it was rejected."""
+        try:
+            obs = unpack_observation(raw)
+        except ValueError as exc:
+            self.rejected += 1
+            log.warning("rejected record #%d: %s", self.rejected, exc)
+            return False
+        self.store.append(raw)
+        self.observations.append(obs)
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """Everything a reader needs: joined flows, per-method counts, rejects and drops."""
+        drops: dict[str, int] = {}
+        rejects: Counter[str] = Counter()
+        for obs in self.observations:
+            drops[obs.service] = max(drops.get(obs.service, 0), obs.drops)
+            if "rejected" in obs.extra:
+                rejects[obs.service] += 1
+        return {
+            "flows": [flow.to_wire() for flow in join_flows(self.observations)],
+            "methods": dict(Counter(obs.method for obs in self.observations)),
+            "records": len(self.observations),
+            "rejected": self.rejected,
+            "service_rejects": dict(rejects),
+            "drops": drops,
+        }
+
+    def answer(self, raw: bytes) -> dict[str, Any]:
+        """Answer one query; a bad query gets an error reply, never silence."""
+        try:
+            query = msgpack.unpackb(raw, raw=False)
+            if not isinstance(query, dict):
+                raise ValueError(f"query is a {type(query).__name__}, not a map")
+            op = query.get("op")
+            if op == "ping":
+                return {"ok": True, "records": len(self.observations)}
+            if op == "report":
+                return {"ok": True, **self.report()}
+            if op == "records":
+                flow = query.get("flow")
+                records = [o for o in self.observations if flow is None or o.flow == flow]
+                return {"ok": True, "records": [record_to_wire(o) for o in records]}
+            raise ValueError(f"unknown op {op!r}")
+        except (ValueError, msgpack.UnpackException) as exc:
+            self.bad_queries += 1
+            log.warning("bad query: %s", exc)
+            return {"ok": False, "error": str(exc)}
+
+
+def record_to_wire(obs: Observation) -> dict[str, Any]:
+    """A stored record as a query answer carries it."""
+    return msgpack.unpackb(pack_observation(obs), raw=False)  # type: ignore[no-any-return]
+
+
+def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, stop: threading.Event) -> None:
+    """Bind PULL and REP and serve both from one poller until `stop` is set."""
+    pull = context.socket(zmq.PULL)
+    pull.bind(ingest)
+    rep = context.socket(zmq.REP)
+    rep.bind(query)
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    poller.register(rep, zmq.POLLIN)
+    try:
+        while not stop.is_set():
+            ready = dict(poller.poll(200))
+            if pull in ready:
+                for _ in range(1000):
+                    try:
+                        collector.ingest(pull.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if rep in ready:
+                rep.send(msgpack.packb(collector.answer(rep.recv()), use_bin_type=True))
+    finally:
+        pull.close(linger=0)
+        rep.close(linger=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the collector."""
+    cfg = load_config("collector")
+    parser = argparse.ArgumentParser(prog="socklab collector", description=main.__doc__)
+    parser.add_argument("--store", default=cfg.store)
+    args = parser.parse_args(argv)
+    store = Store(args.store)
+    collector = Collector(store)
+    context = zmq.Context()
+    log.info("collector ingesting on %d, answering on %d", cfg.ingest_port, cfg.query_port)
+    try:
+        serve(collector, context, f"tcp://*:{cfg.ingest_port}", f"tcp://*:{cfg.query_port}", threading.Event())
+    finally:
+        store.close()
+        context.term()

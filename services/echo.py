@@ -1,0 +1,260 @@
+"""echo: TCP, UDP and Unix echo on one dual-stack port; reports every name it sees and tells the
+client how it saw it (the reflexive name).
+
+Stream protocol: the client's first frame is {"flow": id, "length": n}; echo answers with a frame
+{"flow", "peer", "local"} (the names its accepted socket has), then echoes n raw bytes and closes
+first, so the TIME_WAIT state stays on the server and a client may bind the same port again at
+once. Without "length" it echoes until EOF.
+Datagram protocol: each datagram is a msgpack map {"flow", "data"}; echo answers
+{"flow", "peer", "local", "data"}, where local is the address the datagram arrived at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+
+from services.registry import register
+from shared.config import load_config
+from shared.framing import FrameBuffer, pack_frame
+from shared.names import (
+    Name,
+    arrival_address,
+    create_dual_stack_socket,
+    enable_pktinfo,
+    name_to_wire,
+    parse_hostport,
+    pktinfo_space,
+)
+from shared.record import Role
+from shared.reporter import Reporter
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 256 * 1024
+MAX_DATAGRAM = 65535
+
+
+@dataclass
+class StreamConn:
+    """One accepted stream: its names from accept() and what is still to be said or echoed."""
+
+    sock: socket.socket
+    accepted_from: Name
+    frames: FrameBuffer = field(default_factory=FrameBuffer)
+    flow: str | None = None
+    pending: bytearray = field(default_factory=bytearray)
+    remaining: int | None = None
+
+
+class EchoServer:
+    """All of echo's sockets in one selector loop, so no report ever waits on another flow."""
+
+    def __init__(self, reporter: Reporter, port: int, unix_path: str | None = None) -> None:
+        self.reporter = reporter
+        self.stats: Counter[str] = Counter()
+        self.selector = selectors.DefaultSelector()
+        self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
+        self.udp = create_dual_stack_socket(socket.SOCK_DGRAM, port)
+        enable_pktinfo(self.udp)
+        self.port = self.tcp.getsockname()[1]
+        self.unix: socket.socket | None = None
+        if unix_path:
+            if os.path.exists(unix_path):
+                os.unlink(unix_path)
+            self.unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.unix.bind(unix_path)
+        for sock in self.listeners():
+            reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
+
+    def listeners(self) -> list[socket.socket]:
+        """The sockets echo was bound to."""
+        return [s for s in (self.tcp, self.udp, self.unix) if s is not None]
+
+    def listen(self) -> None:
+        """Start accepting; until now a connection attempt is refused, which is what health checks see."""
+        self.tcp.listen(128)
+        if self.unix is not None:
+            self.unix.listen(128)
+        for sock in self.listeners():
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, None)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Run the loop until `stop` is set."""
+        while not stop.is_set():
+            for key, events in self.selector.select(timeout=0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data is not None:
+                    self.handle_stream(key.data, events)
+                elif sock is self.udp:
+                    self.handle_datagram()
+                else:
+                    self.accept_stream(sock)
+
+    def accept_stream(self, listener: socket.socket) -> None:
+        """Accept one connection; its names are reported once its hello names the flow."""
+        try:
+            sock, addr = listener.accept()
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        self.stats["accepted"] += 1
+        self.selector.register(sock, selectors.EVENT_READ, StreamConn(sock, addr))
+
+    def handle_stream(self, conn: StreamConn, events: int) -> None:
+        """Read, echo and write one connection's bytes; a broken peer closes only itself."""
+        try:
+            if events & selectors.EVENT_READ and not self.read_stream(conn):
+                self.close_stream(conn)
+                return
+            self.flush_stream(conn)
+        except ValueError as exc:
+            self.stats["rejected"] += 1
+            log.warning("rejected stream from %s: %s", conn.accepted_from, exc)
+            self.reporter.observe(
+                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
+            )
+            self.close_stream(conn)
+        except OSError as exc:
+            self.stats["errors"] += 1
+            log.info("stream from %s failed: %s", conn.accepted_from, exc)
+            self.close_stream(conn)
+
+    def read_stream(self, conn: StreamConn) -> bool:
+        """Take in what arrived; False at EOF."""
+        data = conn.sock.recv(65536)
+        if not data:
+            if conn.flow is None:
+                self.stats["no_hello"] += 1
+            return False
+        if conn.flow is None:
+            conn.frames.feed(data)
+            hello = conn.frames.next_frame()
+            if hello is None:
+                return True
+            flow, length = hello.get("flow"), hello.get("length")
+            if not isinstance(flow, str) or not flow:
+                raise ValueError("hello frame has no flow id")
+            if length is not None and (not isinstance(length, int) or length < 0):
+                raise ValueError("hello frame length is not a count of bytes")
+            conn.flow, conn.remaining = flow, length
+            self.greet_stream(conn)
+            data = conn.frames.take_rest()
+        conn.pending += data
+        if conn.remaining is not None:
+            conn.remaining -= len(data)
+        return True
+
+    def greet_stream(self, conn: StreamConn) -> None:
+        """Report the accepted socket's names and send them back to the client."""
+        sock, flow = conn.sock, conn.flow
+        local, peer = sock.getsockname(), sock.getpeername()
+        self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
+        self.reporter.observe(sock, "getsockname", flow, Role.SERVER, local=local)
+        self.reporter.observe(sock, "getpeername", flow, Role.SERVER, remote=peer)
+        conn.pending += pack_frame({"flow": flow, "peer": name_to_wire(peer), "local": name_to_wire(local)})
+        self.stats["flows"] += 1
+
+    def flush_stream(self, conn: StreamConn) -> None:
+        """Send what is pending; wait for writability instead of blocking, and stop reading when full."""
+        if conn.pending:
+            sent = conn.sock.send(conn.pending)
+            del conn.pending[:sent]
+        if not conn.pending and conn.remaining is not None and conn.remaining <= 0:
+            self.close_stream(conn)
+            return
+        events = selectors.EVENT_WRITE if conn.pending else 0
+        if len(conn.pending) < MAX_PENDING:
+            events |= selectors.EVENT_READ
+        self.selector.modify(conn.sock, events, conn)
+
+    def close_stream(self, conn: StreamConn) -> None:
+        """Forget one connection."""
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def handle_datagram(self) -> None:
+        """Answer one datagram with the names it came from and arrived at."""
+        try:
+            data, ancdata, _flags, addr = self.udp.recvmsg(MAX_DATAGRAM, pktinfo_space())
+        except OSError as exc:
+            log.warning("recvmsg failed: %s", exc)
+            return
+        try:
+            request = unpack_datagram(data)
+        except ValueError as exc:
+            self.stats["rejected"] += 1
+            log.warning("rejected datagram from %s: %s", addr, exc)
+            self.reporter.observe(self.udp, "recvmsg", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
+            return
+        flow = request["flow"]
+        arrived = arrival_address(ancdata)
+        local = (arrived, self.port, 0, 0) if arrived else self.udp.getsockname()
+        self.reporter.observe(self.udp, "recvmsg", flow, Role.SERVER, local=local, remote=addr)
+        reply = {"flow": flow, "peer": name_to_wire(addr), "local": name_to_wire(local), "data": request["data"]}
+        try:
+            self.udp.sendto(msgpack.packb(reply, use_bin_type=True), addr)
+        except OSError as exc:
+            log.warning("sendto %s failed: %s", addr, exc)
+            return
+        self.reporter.observe(self.udp, "sendto", flow, Role.SERVER, remote=addr)
+        self.stats["datagrams"] += 1
+
+    def close(self) -> None:
+        """Close every socket."""
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+        for sock in self.listeners():
+            sock.close()
+
+
+def unpack_datagram(data: bytes) -> dict[str, Any]:
+    """Check one echo datagram: a msgpack map with a flow id and bytes."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"datagram is not msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"datagram is a {type(obj).__name__}, not a map")
+    if not isinstance(obj.get("flow"), str) or not obj["flow"]:
+        raise ValueError("datagram has no flow id")
+    if not isinstance(obj.get("data"), bytes):
+        raise ValueError("datagram has no data bytes")
+    return obj
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run echo: bind, register with the registry, then serve."""
+    cfg = load_config("echo")
+    parser = argparse.ArgumentParser(prog="socklab echo", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=cfg.echo_port)
+    parser.add_argument("--unix", default=cfg.unix_path, help="Unix socket path ('' for none)")
+    args = parser.parse_args(argv)
+    context = zmq.Context()
+    reporter = Reporter(context, cfg.collector, cfg.service)
+    server = EchoServer(reporter, args.port, args.unix or None)
+    ports = {"tcp": server.port, "udp": server.port, "unix": args.unix}
+    for address in cfg.registry.split(","):
+        register(parse_hostport(address), cfg.service, ports, reporter)
+    server.listen()
+    log.info("echo serving on port %d and %s", server.port, args.unix or "no Unix socket")
+    try:
+        server.serve(threading.Event())
+    finally:
+        server.close()
+        reporter.close()
+        context.term()

@@ -1,0 +1,289 @@
+"""registry: register, lookup and list over TCP, and STUN Binding on UDP.
+
+For every registrant it keeps two names side by side: the one the registrant reports for its own
+socket (`reported`) and the one the registry's accepted socket observes (`observed`). Behind a NAT
+they differ exactly by the NAT's translation.
+
+TCP requests and replies are length-prefixed msgpack frames (shared.framing):
+  {"op": "register", "flow", "name", "reported", "ports"} -> {"ok": true, "observed"}
+  {"op": "lookup", "flow", "name", "reported"}            -> {"ok": true, "registrations": [...]}
+  {"op": "list", "flow", "reported"}                      -> {"ok": true, "registrations": [...]}
+  {"op": "stats", "flow", "reported"}                     -> {"ok": true, "stats": {...}}
+A request it cannot serve gets {"ok": false, "error"}; a stream that is not frames is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import selectors
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from shared import stun
+from shared.config import load_config
+from shared.framing import FrameBuffer, pack_frame, recv_frame
+from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, unmap_host
+from shared.record import Role
+from shared.reporter import Reporter
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "socklab registry"
+
+
+@dataclass
+class Registration:
+    """What a registrant said about itself and what the registry saw."""
+
+    name: str
+    reported: Name | None
+    observed: Name
+    ports: dict[str, Any]
+    time: float = field(default_factory=time.time)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reported": name_to_wire(self.reported),
+            "observed": name_to_wire(self.observed),
+            "ports": self.ports,
+            "time": self.time,
+        }
+
+
+@dataclass
+class RequestConn:
+    sock: socket.socket
+    accepted_from: Name
+    frames: FrameBuffer = field(default_factory=FrameBuffer)
+    flow: str | None = None
+
+
+class RegistryServer:
+    """The registry's TCP and STUN sockets in one selector loop."""
+
+    def __init__(self, reporter: Reporter, port: int, stun_port: int) -> None:
+        self.reporter = reporter
+        self.stats: Counter[str] = Counter()
+        self.registrations: dict[tuple[str, str], Registration] = {}
+        self.selector = selectors.DefaultSelector()
+        self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
+        self.stun = create_dual_stack_socket(socket.SOCK_DGRAM, stun_port)
+        self.port, self.stun_port = self.tcp.getsockname()[1], self.stun.getsockname()[1]
+        for sock in (self.tcp, self.stun):
+            reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, None)
+        self.tcp.listen(128)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Run the loop until `stop` is set."""
+        while not stop.is_set():
+            for key, _events in self.selector.select(timeout=0.2):
+                if key.data is not None:
+                    self.handle_request_stream(key.data)
+                elif key.fileobj is self.stun:
+                    self.handle_stun()
+                else:
+                    self.accept_request_stream()
+
+    def accept_request_stream(self) -> None:
+        try:
+            sock, addr = self.tcp.accept()
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, RequestConn(sock, addr))
+
+    def handle_request_stream(self, conn: RequestConn) -> None:
+        """Serve every whole request that arrived; garbage closes only this connection."""
+        try:
+            data = conn.sock.recv(65536)
+            if not data:
+                self.close(conn)
+                return
+            conn.frames.feed(data)
+            while (frame := conn.frames.next_frame()) is not None:
+                conn.sock.sendall(pack_frame(self.answer(conn, frame)))
+        except ValueError as exc:
+            self.stats["rejected"] += 1
+            log.warning("rejected stream from %s: %s", conn.accepted_from, exc)
+            self.reporter.observe(
+                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
+            )
+            self.close(conn)
+        except OSError as exc:
+            log.info("stream from %s failed: %s", conn.accepted_from, exc)
+            self.close(conn)
+
+    def close(self, conn: RequestConn) -> None:
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def answer(self, conn: RequestConn, frame: dict[str, Any]) -> dict[str, Any]:
+        """Reply to one request; a bad request is counted and answered with an error."""
+        try:
+            return self.serve_request(conn, frame)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.stats["bad_requests"] += 1
+            log.warning("bad request from %s: %s", conn.accepted_from, exc)
+            self.reporter.observe(
+                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
+            )
+            return {"ok": False, "error": str(exc)}
+
+    def serve_request(self, conn: RequestConn, frame: dict[str, Any]) -> dict[str, Any]:
+        op = frame.get("op")
+        flow = frame.get("flow")
+        if not isinstance(flow, str) or not flow:
+            raise ValueError("request has no flow id")
+        if conn.flow is None:
+            conn.flow = flow
+            self.observe_requester(conn)
+        self.stats[f"op_{op}"] += 1
+        if op == "register":
+            name = frame["name"]
+            if not isinstance(name, str) or not name:
+                raise ValueError("register needs a name")
+            ports = frame.get("ports") or {}
+            if not isinstance(ports, dict):
+                raise ValueError("register ports must be a map")
+            observed = conn.sock.getpeername()
+            entry = Registration(name, name_from_wire(frame.get("reported")), observed, ports)
+            self.registrations[(name, family_of(observed))] = entry
+            log.info("registered %s: reported %s, observed %s", name, entry.reported, observed)
+            return {"ok": True, "observed": name_to_wire(observed)}
+        if op == "lookup":
+            found = [r.to_wire() for (n, _), r in self.registrations.items() if n == frame["name"]]
+            if not found:
+                return {"ok": False, "error": f"no registration for {frame['name']!r}"}
+            return {"ok": True, "registrations": found}
+        if op == "list":
+            return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
+        if op == "stats":
+            return {"ok": True, "stats": dict(self.stats)}
+        raise ValueError(f"unknown op {op!r}")
+
+    def observe_requester(self, conn: RequestConn) -> None:
+        """Report the accepted socket's names under the flow its first request named."""
+        sock, flow = conn.sock, conn.flow
+        self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
+        self.reporter.observe(sock, "getsockname", flow, Role.SERVER, local=sock.getsockname())
+        self.reporter.observe(sock, "getpeername", flow, Role.SERVER, remote=sock.getpeername())
+
+    def handle_stun(self) -> None:
+        """Answer one STUN Binding request with the name the datagram came from."""
+        try:
+            data, addr = self.stun.recvfrom(2048)
+        except OSError as exc:
+            log.warning("recvfrom failed: %s", exc)
+            return
+        try:
+            request = stun.unpack_message(data)
+            if request.method != stun.Method.BINDING or request.cls != stun.Class.REQUEST:
+                raise ValueError("STUN message is not a Binding request")
+        except ValueError as exc:
+            self.stats["stun_rejected"] += 1
+            log.warning("rejected STUN packet from %s: %s", addr, exc)
+            self.reporter.observe(self.stun, "recvfrom", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
+            return
+        flow = stun_flow_id(request.transaction_id)
+        self.reporter.observe(self.stun, "recvfrom", flow, Role.SERVER, remote=addr)
+        response = binding_response(request, addr)
+        try:
+            self.stun.sendto(stun.pack_message(response, fingerprint=True), addr)
+        except OSError as exc:
+            log.warning("sendto %s failed: %s", addr, exc)
+            return
+        self.stats["stun_answered"] += 1
+        self.reporter.observe(self.stun, "sendto", flow, Role.SERVER, remote=addr)
+
+
+def binding_response(request: stun.Message, addr: Name) -> stun.Message:
+    """Build the success response: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for an RFC 3489 client."""
+    assert isinstance(addr, tuple)
+    mapped = (unmap_host(addr[0]), addr[1])
+    response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id, cookie=request.cookie)
+    if request.classic:
+        response.attributes[stun.Attr.MAPPED_ADDRESS] = mapped
+    else:
+        response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
+    response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
+    return response
+
+
+def stun_flow_id(transaction_id: bytes) -> str:
+    """A STUN transaction is a flow; its id is the transaction id, which both ends know."""
+    return "stun-" + transaction_id.hex()
+
+
+def family_of(name: Name) -> str:
+    assert isinstance(name, tuple)
+    return "ipv6" if ":" in unmap_host(name[0]) else "ipv4"
+
+
+def new_flow_id() -> str:
+    """A fresh flow id, carried in a flow's first bytes so both ends tag the same flow."""
+    return uuid.uuid4().hex[:16]
+
+
+def request(
+    address: tuple[str, int], payload: dict[str, Any], reporter: Reporter, *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one request to the registry and report the client end's names under a new flow."""
+    flow = new_flow_id()
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        reporter.observe(sock, "connect", flow, Role.CLIENT, remote=address)
+        local, peer = sock.getsockname(), sock.getpeername()
+        scenario = f"registry-{payload.get('op')}"
+        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
+        reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=peer)
+        sock.sendall(pack_frame({**payload, "flow": flow, "reported": name_to_wire(local)}))
+        reply = recv_frame(sock)
+    if not reply.get("ok"):
+        raise LookupError(f"registry said: {reply.get('error')}")
+    return reply
+
+
+def register(
+    address: tuple[str, int], name: str, ports: dict[str, Any], reporter: Reporter, *, attempts: int = 50
+) -> dict[str, Any]:
+    """Register `name`, retrying while the registry is not up yet."""
+    payload = {"op": "register", "name": name, "ports": ports}
+    for _ in range(attempts - 1):
+        try:
+            return request(address, payload, reporter)
+        except OSError as exc:
+            log.info("registry %s not reachable yet: %s", address, exc)
+            time.sleep(0.2)
+    return request(address, payload, reporter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the registry."""
+    cfg = load_config("registry")
+    parser = argparse.ArgumentParser(prog="socklab registry", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=cfg.registry_port)
+    parser.add_argument("--stun-port", type=int, default=cfg.stun_port)
+    args = parser.parse_args(argv)
+    context = zmq.Context()
+    reporter = Reporter(context, cfg.collector, cfg.service)
+    server = RegistryServer(reporter, args.port, args.stun_port)
+    log.info("registry serving on tcp %d, stun udp %d", server.port, server.stun_port)
+    try:
+        server.serve(threading.Event())
+    finally:
+        reporter.close()
+        context.term()

@@ -1,0 +1,91 @@
+"""socklab report: ask the collector for the joined flows and print them as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from shared.config import load_config
+from shared.names import format_name, name_from_wire
+
+
+def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    """One REQ/REP round trip; raises TimeoutError when the collector does not answer in time."""
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    req.connect(endpoint)
+    try:
+        req.send(msgpack.packb(query, use_bin_type=True))
+        try:
+            reply = msgpack.unpackb(req.recv(), raw=False)
+        except zmq.Again:
+            raise TimeoutError(f"collector at {endpoint} did not answer in {timeout} s") from None
+    finally:
+        req.close()
+    if not reply.get("ok"):
+        raise RuntimeError(f"collector said: {reply.get('error')}")
+    return reply  # type: ignore[no-any-return]
+
+
+def show(name: Any) -> str:
+    return format_name(name_from_wire(name))
+
+
+def describe_verdict(flow: dict[str, Any]) -> str:
+    """A verdict in words, with the port's fate where a source was translated."""
+    verdict = str(flow["verdict"])
+    if verdict in ("snat", "proxied") and flow["port_preserved"] is not None:
+        verdict += ", port kept" if flow["port_preserved"] else ", port changed"
+    return verdict
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report for a terminal: each flow's two views side by side, then the counts."""
+    rows = [("scenario", "client -> server", "client sees: me -> peer", "server sees: peer -> me", "verdict")]
+    for flow in report["flows"]:
+        client, server = flow["client"] or {}, flow["server"] or {}
+        mine = f"{show(client.get('sockname'))} -> {show(client.get('peername'))}" if client else "-"
+        theirs = f"{show(server.get('peername'))} -> {show(server.get('sockname'))}" if server else "-"
+        who = f"{client.get('service', '?')} -> {server.get('service', '?')}"
+        rows.append((flow["scenario"] or flow["proto"], who, mine, theirs, describe_verdict(flow)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4]
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    methods = ", ".join(f"{m} {n}" for m, n in sorted(report["methods"].items()))
+    lines.append("")
+    lines.append(f"records {report['records']}, rejected {report['rejected']}; by method: {methods}")
+    if report.get("service_rejects"):
+        lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report["service_rejects"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the collector's report."""
+    cfg = load_config("report")
+    parser = argparse.ArgumentParser(prog="socklab report", description=main.__doc__)
+    parser.add_argument("--json", action="store_true", help="JSON for machines")
+    parser.add_argument("--query", default=cfg.query, help="collector's REP endpoint")
+    parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the collector")
+    args = parser.parse_args(argv)
+    context = zmq.Context()
+    deadline = time.monotonic() + args.wait
+    try:
+        while True:
+            try:
+                report = query_collector(context, args.query, {"op": "report"})
+                break
+            except TimeoutError as exc:
+                if time.monotonic() > deadline:
+                    sys.exit(str(exc))
+    finally:
+        context.term()
+    report.pop("ok")
+    print(json.dumps(report, indent=2) if args.json else format_table(report))

@@ -1,0 +1,78 @@
+"""The one reporter: pushes records to the collector and never makes the data path wait.
+
+The bounded queue is ZeroMQ's own send queue (SNDHWM). Every send is non-blocking; a record
+that does not fit is dropped and counted, and the count travels in the next record that fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import zmq
+
+from shared.names import Name, family_name, proto_name
+from shared.record import Observation, Proto, Role, pack_observation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HWM = 10_000
+
+
+class Reporter:
+    """A PUSH socket that connects to the collector (the stable side binds)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, service: str, *, hwm: int = DEFAULT_HWM) -> None:
+        self.service = service
+        self.host = socket.gethostname()
+        self.sent = 0
+        self.dropped = 0
+        self._push = context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, hwm)
+        self._push.setsockopt(zmq.LINGER, 2000)
+        self._push.connect(endpoint)
+
+    def report(self, obs: Observation) -> bool:
+        """Queue one record without waiting; False when it was dropped."""
+        try:
+            self._push.send(pack_observation(obs), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("report queue full: %d records dropped", self.dropped)
+            return False
+        self.sent += 1
+        return True
+
+    def observe(
+        self,
+        sock: socket.socket,
+        method: str,
+        flow: str | None,
+        role: Role,
+        *,
+        local: Name | None = None,
+        remote: Name | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        """Report what `method` on `sock` said, tagging proto and family from the socket itself."""
+        return self.report(
+            Observation(
+                service=self.service,
+                host=self.host,
+                flow=flow,
+                role=role,
+                proto=Proto(proto_name(sock)),
+                family=family_name(sock.family),
+                method=method,
+                local=local,
+                remote=remote,
+                drops=self.dropped,
+                extra=extra or {},
+            )
+        )
+
+    def close(self) -> None:
+        """Give queued records a moment to leave, then close."""
+        self._push.close()

@@ -1,0 +1,222 @@
+"""STUN wire format (RFC 8489, with RFC 5780's attributes and RFC 3489's classic requests).
+
+Constants and IntEnums for the wire, symmetric pack/unpack functions, ValueError with an exact
+message for every malformed packet.
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+MAGIC_COOKIE = 0x2112A442
+HEADER = struct.Struct("!HHI12s")
+HEADER_LENGTH = HEADER.size
+ATTR_HEADER = struct.Struct("!HH")
+FINGERPRINT_XOR = 0x5354554E
+IPV4_PROTOCOL, IPV6_PROTOCOL = 0x01, 0x02
+CHANGE_IP, CHANGE_PORT = 0x04, 0x02
+
+
+class Method(IntEnum):
+    BINDING = 0x001
+
+
+class Class(IntEnum):
+    REQUEST = 0x000
+    INDICATION = 0x010
+    RESPONSE = 0x100
+    ERROR = 0x110
+
+
+class Attr(IntEnum):
+    MAPPED_ADDRESS = 0x0001
+    CHANGE_REQUEST = 0x0003
+    SOURCE_ADDRESS = 0x0004
+    CHANGED_ADDRESS = 0x0005
+    USERNAME = 0x0006
+    MESSAGE_INTEGRITY = 0x0008
+    ERROR_CODE = 0x0009
+    UNKNOWN_ATTRIBUTES = 0x000A
+    XOR_MAPPED_ADDRESS = 0x0020
+    PADDING = 0x0026
+    RESPONSE_PORT = 0x0027
+    SOFTWARE = 0x8022
+    FINGERPRINT = 0x8028
+    RESPONSE_ORIGIN = 0x802B
+    OTHER_ADDRESS = 0x802C
+
+
+ADDRESS_ATTRS = {
+    Attr.MAPPED_ADDRESS,
+    Attr.SOURCE_ADDRESS,
+    Attr.CHANGED_ADDRESS,
+    Attr.RESPONSE_ORIGIN,
+    Attr.OTHER_ADDRESS,
+}
+XOR_ADDRESS_ATTRS = {Attr.XOR_MAPPED_ADDRESS}
+
+
+def pack_address(value: tuple[str, int]) -> bytes:
+    """Encode (host, port) as a STUN address attribute value."""
+    addr = ipaddress.ip_address(value[0])
+    proto = IPV4_PROTOCOL if addr.version == 4 else IPV6_PROTOCOL
+    return struct.pack("!BBH", 0, proto, value[1]) + addr.packed
+
+
+def unpack_address(data: bytes) -> tuple[str, int]:
+    """Decode a STUN address attribute value to (host, port)."""
+    if len(data) < 4:
+        raise ValueError("STUN address length is less than 4 bytes")
+    _, proto, port = struct.unpack("!BBH", data[:4])
+    raw = data[4:]
+    if proto == IPV4_PROTOCOL:
+        if len(raw) != 4:
+            raise ValueError(f"STUN address has invalid length for IPv4: {len(raw)}")
+        return str(ipaddress.IPv4Address(raw)), port
+    if proto == IPV6_PROTOCOL:
+        if len(raw) != 16:
+            raise ValueError(f"STUN address has invalid length for IPv6: {len(raw)}")
+        return str(ipaddress.IPv6Address(raw)), port
+    raise ValueError(f"STUN address has unknown protocol {proto}")
+
+
+def _xor(data: bytes, transaction_id: bytes) -> bytes:
+    pad = MAGIC_COOKIE.to_bytes(4, "big") + transaction_id
+    head = struct.pack("!BBH", data[0], data[1], struct.unpack("!H", data[2:4])[0] ^ (MAGIC_COOKIE >> 16))
+    return head + bytes(a ^ b for a, b in zip(data[4:], pad, strict=False))
+
+
+def pack_xor_address(value: tuple[str, int], transaction_id: bytes) -> bytes:
+    """Encode (host, port) as XOR-MAPPED-ADDRESS: port and address XORed with cookie and id."""
+    return _xor(pack_address(value), transaction_id)
+
+
+def unpack_xor_address(data: bytes, transaction_id: bytes) -> tuple[str, int]:
+    """Decode XOR-MAPPED-ADDRESS."""
+    if len(data) < 4:
+        raise ValueError("STUN address length is less than 4 bytes")
+    return unpack_address(_xor(data, transaction_id))
+
+
+@dataclass
+class Message:
+    """One STUN message; `cookie` other than MAGIC_COOKIE marks an RFC 3489 classic message."""
+
+    method: int
+    cls: Class
+    transaction_id: bytes = field(default_factory=lambda: os.urandom(12))
+    attributes: dict[int, Any] = field(default_factory=dict)
+    cookie: int = MAGIC_COOKIE
+
+    @property
+    def classic(self) -> bool:
+        return self.cookie != MAGIC_COOKIE
+
+
+def message_type(method: int, cls: int) -> int:
+    """Interleave method and class bits as RFC 8489 section 5 draws them."""
+    return (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | cls
+
+
+def split_type(value: int) -> tuple[int, Class]:
+    """Undo message_type()."""
+    method = (value & 0x000F) | ((value >> 1) & 0x0070) | ((value >> 2) & 0x0F80)
+    return method, Class(value & 0x0110)
+
+
+def _pack_attr_value(attr: int, value: Any, transaction_id: bytes) -> bytes:
+    if attr in ADDRESS_ATTRS:
+        return pack_address(value)
+    if attr in XOR_ADDRESS_ATTRS:
+        return pack_xor_address(value, transaction_id)
+    if attr in (Attr.CHANGE_REQUEST, Attr.FINGERPRINT):
+        return struct.pack("!I", value)
+    if attr == Attr.RESPONSE_PORT:
+        return struct.pack("!HH", value, 0)
+    if attr == Attr.ERROR_CODE:
+        code, reason = value
+        return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode()
+    if attr == Attr.UNKNOWN_ATTRIBUTES:
+        return b"".join(struct.pack("!H", a) for a in value)
+    if attr in (Attr.SOFTWARE, Attr.USERNAME):
+        return value.encode()
+    return bytes(value)
+
+
+def _unpack_attr_value(attr: int, data: bytes, transaction_id: bytes) -> Any:
+    if attr in ADDRESS_ATTRS:
+        return unpack_address(data)
+    if attr in XOR_ADDRESS_ATTRS:
+        return unpack_xor_address(data, transaction_id)
+    if attr in (Attr.CHANGE_REQUEST, Attr.FINGERPRINT, Attr.RESPONSE_PORT):
+        if len(data) != 4:
+            raise ValueError(f"STUN attribute {attr:#06x} must be 4 bytes, not {len(data)}")
+        return struct.unpack("!I", data)[0] if attr != Attr.RESPONSE_PORT else struct.unpack("!H", data[:2])[0]
+    if attr == Attr.ERROR_CODE:
+        if len(data) < 4:
+            raise ValueError("STUN ERROR-CODE is less than 4 bytes")
+        return (data[2] & 0x07) * 100 + data[3], data[4:].decode(errors="replace")
+    if attr == Attr.UNKNOWN_ATTRIBUTES:
+        return [struct.unpack("!H", data[i : i + 2])[0] for i in range(0, len(data) - 1, 2)]
+    if attr in (Attr.SOFTWARE, Attr.USERNAME):
+        return data.decode(errors="replace")
+    return data
+
+
+def pack_message(msg: Message, *, fingerprint: bool = False) -> bytes:
+    """Encode a message, attributes in insertion order, optionally ending with FINGERPRINT."""
+    body = bytearray()
+    for attr, value in msg.attributes.items():
+        if attr == Attr.FINGERPRINT:
+            continue
+        raw = _pack_attr_value(attr, value, msg.transaction_id)
+        body += ATTR_HEADER.pack(attr, len(raw)) + raw + b"\0" * (-len(raw) % 4)
+    mtype = message_type(msg.method, msg.cls)
+    if fingerprint:
+        head = HEADER.pack(mtype, len(body) + 8, msg.cookie, msg.transaction_id)
+        crc = binascii.crc32(head + bytes(body)) ^ FINGERPRINT_XOR
+        body += ATTR_HEADER.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc)
+    return HEADER.pack(mtype, len(body), msg.cookie, msg.transaction_id) + bytes(body)
+
+
+def unpack_message(data: bytes) -> Message:
+    """Decode a message; a malformed packet raises ValueError saying exactly what is wrong."""
+    if len(data) < HEADER_LENGTH:
+        raise ValueError("STUN message length is less than 20 bytes")
+    mtype, length, cookie, transaction_id = HEADER.unpack_from(data)
+    if mtype & 0xC000:
+        raise ValueError("STUN message type has its two top bits set")
+    if length % 4:
+        raise ValueError("STUN message length is not a multiple of 4")
+    if len(data) != HEADER_LENGTH + length:
+        raise ValueError("STUN message length does not match the packet")
+    method, cls = split_type(mtype)
+    attributes: dict[int, Any] = {}
+    pos = HEADER_LENGTH
+    while pos < len(data):
+        if pos + ATTR_HEADER.size > len(data):
+            raise ValueError("STUN attribute header is truncated")
+        attr, alen = ATTR_HEADER.unpack_from(data, pos)
+        start = pos + ATTR_HEADER.size
+        if start + alen > len(data):
+            raise ValueError("STUN attribute value is truncated")
+        value = data[start : start + alen]
+        if attr == Attr.FINGERPRINT:
+            expected = binascii.crc32(data[:pos]) ^ FINGERPRINT_XOR
+            if len(value) != 4 or struct.unpack("!I", value)[0] != expected:
+                raise ValueError("STUN fingerprint does not match")
+        key = Attr(attr) if attr in Attr._value2member_map_ else attr
+        attributes[key] = _unpack_attr_value(attr, value, transaction_id)
+        pos = start + alen + (-alen % 4)
+    return Message(method, cls, transaction_id, attributes, cookie)
+
+
+def is_stun(data: bytes) -> bool:
+    """Tell a STUN message from other traffic on a shared port (RFC 8489 section 7)."""
+    return len(data) >= HEADER_LENGTH and data[0] & 0xC0 == 0 and data[4:8] == MAGIC_COOKIE.to_bytes(4, "big")
