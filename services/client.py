@@ -12,6 +12,7 @@ flow id, and echo's answer tells the client how echo saw it (its reflexive name)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ import zmq
 from services.registry import new_flow_id, register, request
 from shared.config import load_config
 from shared.framing import pack_frame, recv_frame
-from shared.names import Name, format_name, name_from_wire, parse_hostport, route_source, unmap_host
+from shared.names import Name, format_name, name_from_wire, name_to_wire, parse_hostport, route_source, unmap_host
 from shared.record import Role
 from shared.reporter import Reporter
 
@@ -178,7 +179,23 @@ def plan_targets(
     return targets
 
 
-def run_scenarios(reporter: Reporter, targets: list[Target], bind_port: int) -> list[Outcome | Exception]:
+def print_outcome(outcome: Outcome, as_json: bool) -> None:
+    """One line per flow: for people, or a JSON object for tests and scripts."""
+    if as_json:
+        fields = {"flow": outcome.flow, "scenario": outcome.scenario}
+        names = {k: name_to_wire(getattr(outcome, k)) for k in ("local", "remote", "reflexive")}
+        print(json.dumps({**fields, **names}), flush=True)
+        return
+    print(
+        f"{outcome.scenario:14} {outcome.flow}  me {format_name(outcome.local):28} "
+        f"-> {format_name(outcome.remote):28} echo saw me as {format_name(outcome.reflexive)}",
+        flush=True,
+    )
+
+
+def run_scenarios(
+    reporter: Reporter, targets: list[Target], bind_port: int, as_json: bool = False
+) -> list[Outcome | Exception]:
     """Run every target once; a failing scenario is logged and the rest still run."""
     runners = scenario_runners(bind_port)
     results: list[Outcome | Exception] = []
@@ -190,11 +207,7 @@ def run_scenarios(reporter: Reporter, targets: list[Target], bind_port: int) -> 
             log.warning("%s to %s failed: %s", target.scenario, format_name(target.address), exc)
             results.append(exc)
             continue
-        print(
-            f"{outcome.scenario:14} {outcome.flow}  me {format_name(outcome.local):28} "
-            f"-> {format_name(outcome.remote):28} echo saw me as {format_name(outcome.reflexive)}",
-            flush=True,
-        )
+        print_outcome(outcome, as_json)
         results.append(outcome)
     return results
 
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", action="store_true", help="after the first round, stay up for exec")
     parser.add_argument("--ready-file", default="/tmp/socklab-client-ready")
     parser.add_argument("--register", action="store_true", help="register this client with the registry")
+    parser.add_argument("--json", action="store_true", help="print each flow as a JSON line")
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
@@ -226,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         kinds = args.scenario or list(scenario_runners(0))
         targets = plan_targets(echo, cfg.unix_path, kinds)
         for _ in range(args.repeat):
-            results = run_scenarios(reporter, targets, args.bind_port)
+            results = run_scenarios(reporter, targets, args.bind_port, args.json)
             failures += sum(isinstance(r, Exception) for r in results)
         if args.serve:
             with open(args.ready_file, "w") as f:

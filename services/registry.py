@@ -15,6 +15,7 @@ A request it cannot serve gets {"ok": false, "error"}; a stream that is not fram
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import selectors
 import socket
@@ -30,7 +31,7 @@ import zmq
 from shared import stun
 from shared.config import load_config
 from shared.framing import FrameBuffer, pack_frame, recv_frame
-from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, unmap_host
+from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport, unmap_host
 from shared.record import Role
 from shared.reporter import Reporter
 
@@ -272,14 +273,23 @@ def register(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the registry."""
+    """Run the registry, or ask a running one about a name (--lookup) and print its answer as JSON."""
     cfg = load_config("registry")
     parser = argparse.ArgumentParser(prog="socklab registry", description=main.__doc__)
     parser.add_argument("--port", type=int, default=cfg.registry_port)
     parser.add_argument("--stun-port", type=int, default=cfg.stun_port)
+    parser.add_argument("--lookup", metavar="NAME", help="print NAME's registrations at SOCKLAB_REGISTRY")
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
+    if args.lookup:
+        try:
+            address = parse_hostport(cfg.registry.split(",")[0])
+            print(json.dumps(request(address, {"op": "lookup", "name": args.lookup}, reporter)["registrations"]))
+        finally:
+            reporter.close()
+            context.term()
+        return
     server = RegistryServer(reporter, args.port, args.stun_port)
     log.info("registry serving on tcp %d, stun udp %d", server.port, server.stun_port)
     try:

@@ -1,0 +1,221 @@
+"""The stack under test and the independent truth about it: Docker's own view and the router's conntrack."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import zmq
+from docker.models.containers import Container
+from testcontainers.compose import DockerCompose
+from testcontainers.core.container import DockerContainer
+
+from services.report import query_collector
+from shared.names import unmap_host
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = os.environ.get("SOCKLAB_TEST_PROJECT", "socklab-test")
+IMAGE = "socklab:latest"
+PROBE_LABEL = "socklab.test.probe"
+GO_FILE = "/tmp/socklab-go"
+
+
+@dataclass(frozen=True)
+class ConntrackEntry:
+    """One line of `conntrack -L`: the original direction and the reply direction."""
+
+    proto: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    reply_src: str
+    reply_dst: str
+    reply_sport: int
+    reply_dport: int
+
+    @property
+    def translated_source(self) -> tuple[str, int]:
+        """Where the NAT made the original source appear: the reply's destination."""
+        return self.reply_dst, self.reply_dport
+
+
+CONNTRACK_TUPLE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def parse_conntrack(text: str) -> list[ConntrackEntry]:
+    """Read TCP and UDP entries from `conntrack -L` or /proc/net/nf_conntrack."""
+    entries = []
+    for line in text.splitlines():
+        tuples = CONNTRACK_TUPLE.findall(line)
+        proto = next((word for word in line.split() if word in ("tcp", "udp")), None)
+        if len(tuples) != 2 or proto is None:
+            continue
+        (src, dst, sport, dport), (rsrc, rdst, rsport, rdport) = tuples
+        entries.append(ConntrackEntry(proto, src, dst, int(sport), int(dport), rsrc, rdst, int(rsport), int(rdport)))
+    return entries
+
+
+def same_host(a: str, b: str) -> bool:
+    """Compare hosts as addresses, IPv4-mapped names unmapped."""
+    return ipaddress.ip_address(unmap_host(a)) == ipaddress.ip_address(unmap_host(b))
+
+
+class Stack:
+    """The compose stack from docker-compose.yml, brought up by testcontainers, and ways to question it."""
+
+    def __init__(self) -> None:
+        self.docker = docker.from_env()
+        self.compose = DockerCompose(
+            context=str(ROOT),
+            compose_file_name="docker-compose.yml",
+            docker_command_path=str(ROOT / "docker" / "compose"),
+            wait=True,
+        )
+        self.context = zmq.Context()
+
+    def start(self) -> Stack:
+        """Bring the stack up and wait until every service is healthy."""
+        os.environ["COMPOSE_PROJECT_NAME"] = PROJECT
+        self.refuse_overlap()
+        self.compose.start()
+        return self
+
+    def stop(self) -> None:
+        """Remove probes, containers, networks and volumes, whatever state the tests left."""
+        for probe in self.docker.containers.list(all=True, filters={"label": PROBE_LABEL}):
+            probe.remove(force=True)
+        self.compose.stop(down=True)
+        self.context.term()
+
+    def refuse_overlap(self) -> None:
+        """Fail clearly when another socklab stack already holds the subnets (run `make down`)."""
+        for net in self.docker.networks.list():
+            owner = net.attrs.get("Labels", {}).get("com.docker.compose.project")
+            if owner and owner.startswith("socklab") and owner != PROJECT:
+                raise RuntimeError(f"network {net.name} of stack {owner!r} holds socklab's subnets: run `make down`")
+
+    def container(self, service: str) -> Container:
+        """The compose service's container."""
+        labels = [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]
+        found = self.docker.containers.list(filters={"label": labels})
+        assert len(found) == 1, f"expected one {service} container, found {len(found)}"
+        return found[0]
+
+    def network_name(self, network: str) -> str:
+        return f"{PROJECT}_{network}"
+
+    def endpoint(self, service: str, network: str) -> dict[str, Any]:
+        """Docker's record of a container on a network: addresses and gateway."""
+        container = self.container(service)
+        container.reload()
+        return container.attrs["NetworkSettings"]["Networks"][self.network_name(network)]  # type: ignore[no-any-return]
+
+    def ip(self, service: str, network: str, version: int = 4) -> str:
+        """The container's address on a network, as Docker assigned it."""
+        ep = self.endpoint(service, network)
+        return ep["IPAddress"] if version == 4 else ep["GlobalIPv6Address"]  # type: ignore[no-any-return]
+
+    def published_port(self, service: str, port: str) -> int:
+        """The host port Docker published a container port on (e.g. '7007/udp')."""
+        container = self.container(service)
+        container.reload()
+        return int(container.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+
+    def query(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Ask the collector over its published REP port."""
+        endpoint = f"tcp://127.0.0.1:{self.published_port('collector', '5556/tcp')}"
+        return query_collector(self.context, endpoint, {"op": op, **fields})
+
+    def try_query(self, op: str, **fields: Any) -> dict[str, Any] | None:
+        """Ask the collector, or None while it does not answer (restarting)."""
+        try:
+            return self.query(op, **fields)
+        except (TimeoutError, KeyError, IndexError, TypeError):
+            return None
+
+    def ingest_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
+
+    def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> dict[str, Any]:
+        """Poll the collector until a flow has been joined (both ends reported), then return it."""
+        return wait_for(lambda: self.find_flow(flow_id, both_ends), f"flow {flow_id} in the collector", timeout)
+
+    def find_flow(self, flow_id: str, both_ends: bool) -> dict[str, Any] | None:
+        for flow in self.query("report")["flows"]:
+            if flow["flow"] == flow_id and (not both_ends or flow["verdict"] != "unmatched"):
+                return flow  # type: ignore[no-any-return]
+        return None
+
+    def exec(self, service: str, *command: str, user: str = "socklab") -> str:
+        """Run a command in a service's container; fail the test with its output if it fails."""
+        code, output = self.container(service).exec_run(list(command), user=user)
+        text = output.decode(errors="replace")
+        assert code == 0, f"{' '.join(command)} in {service} exited {code}:\n{text}"
+        return text
+
+    def run_client(self, service: str, *args: str) -> list[dict[str, Any]]:
+        """Run `socklab client --json` in a client container; one dict per flow it ran."""
+        return parse_json_lines(self.exec(service, "socklab", "client", "--json", *args))
+
+    def conntrack(self, *args: str) -> list[ConntrackEntry]:
+        """The router's conntrack table: the kernel's own record of every translation."""
+        return parse_conntrack(self.exec("router", "conntrack", "-L", *args, user="root"))
+
+    @contextmanager
+    def lan_probe(self, command: str, name: str) -> Iterator[DockerContainer]:
+        """A throwaway container on lan (routed through the router) and ctl; its command waits for release()."""
+        router = self.ip("router", "lan")
+        script = (
+            f"ip route replace default via {router} && "
+            f"until getent hosts collector >/dev/null && [ -e {GO_FILE} ]; do sleep 0.05; done && "
+            f"exec setpriv --reuid=socklab --regid=socklab --init-groups {command}"
+        )
+        probe = (
+            DockerContainer(IMAGE)
+            .with_command(["sh", "-c", script])
+            .with_env("SOCKLAB_SERVICE", name)
+            .with_env("SOCKLAB_COLLECTOR", "tcp://collector:5555")
+            .with_kwargs(
+                network=self.network_name("lan"),
+                cap_add=["NET_ADMIN"],
+                user="root",
+                labels={PROBE_LABEL: "1"},
+                hostname=name,
+            )
+        )
+        with probe:
+            self.docker.networks.get(self.network_name("ctl")).connect(probe.get_wrapped_container().id)
+            yield probe
+
+    @staticmethod
+    def release(probe: DockerContainer) -> None:
+        """Let a probe's command start, so several probes can act at once."""
+        code, output = probe.get_wrapped_container().exec_run(["touch", GO_FILE])
+        assert code == 0, output
+
+
+def parse_json_lines(text: str) -> list[dict[str, Any]]:
+    """Take the JSON objects out of mixed output (log lines go to stderr but exec_run merges them)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll until check() returns something truthy; fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)

@@ -1,0 +1,114 @@
+"""Across Docker's own boundaries: a published port, the registry behind NAT, port collisions, two networks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import zmq
+
+from services.client import Target, run_stream, run_udp_connected
+from shared.reporter import Reporter
+from tests.integration.stack import ConntrackEntry, Stack, parse_conntrack, parse_json_lines, same_host
+
+pytestmark = pytest.mark.integration
+
+
+def docker_proxy_for(host_port: int, proto: str) -> dict[str, str] | None:
+    """The user-space proxy Docker runs for a published port, read from its command line, if there is one."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode().split("\0")
+            if args and args[0].endswith("docker-proxy"):
+                opts = dict(zip(args[1::2], args[2::2], strict=False))
+                if opts.get("-host-port") == str(host_port) and opts.get("-proto") == proto:
+                    return opts
+    return None
+
+
+def host_conntrack() -> list[ConntrackEntry]:
+    """The host kernel's connection table, where Docker's DNAT of a published port would show."""
+    return parse_conntrack(Path("/proc/net/nf_conntrack").read_text())
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_host_to_published_port(stack: Stack, proto: str) -> None:
+    port = stack.published_port("echo", f"7007/{proto}")
+    context = zmq.Context()
+    reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
+    try:
+        run = run_stream if proto == "tcp" else run_udp_connected
+        outcome = run(reporter, Target(f"{proto}-published", ("127.0.0.1", port)))
+    finally:
+        reporter.close()
+        context.term()
+    flow = stack.wait_for_flow(outcome.flow)
+    client, server = flow["client"], flow["server"]
+    assert client["sockname"][0] == client["peername"][0] == "127.0.0.1"
+    assert client["peername"][1] == port
+    proxy = docker_proxy_for(port, proto)
+    if proxy is not None:
+        # Docker's user-space proxy accepted our connection and opened its own from the bridge gateway.
+        [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n) == proxy["-container-ip"]]
+        assert flow["verdict"] == "proxied", flow
+        assert same_host(server["sockname"][0], proxy["-container-ip"])
+        assert same_host(server["peername"][0], stack.endpoint("echo", network)["Gateway"])
+    else:
+        # No proxy: the host kernel translated the packets, and its conntrack table holds the translation.
+        [entry] = [e for e in host_conntrack() if e.sport == client["sockname"][1] and e.dport == port]
+        assert same_host(server["sockname"][0], entry.reply_src) and server["sockname"][1] == entry.reply_sport
+        assert same_host(server["peername"][0], entry.reply_dst) and server["peername"][1] == entry.reply_dport
+        assert flow["verdict"] == "proxied", "source and destination both rewritten"
+
+
+def test_registry_sees_registrant_behind_nat_as_conntrack_says(stack: Stack) -> None:
+    stack.exec("client-lan", "socklab", "client", "--register", "--repeat", "0")
+    entries = stack.conntrack("-p", "tcp")
+    [registration] = json.loads(stack.exec("client-wan", "socklab", "registry", "--lookup", "client-lan"))
+    reported, observed = registration["reported"], registration["observed"]
+    registry_ip = stack.ip("registry", "wan")
+    assert reported[0] == stack.ip("client-lan", "lan"), "the registrant reports its own LAN name"
+    [entry] = [e for e in entries if e.src == reported[0] and e.sport == reported[1] and e.dst == registry_ip]
+    assert same_host(observed[0], entry.reply_dst) and observed[1] == entry.reply_dport
+    assert same_host(observed[0], stack.ip("router", "wan"))
+    assert not same_host(observed[0], reported[0])
+
+
+def test_clients_behind_nat_on_one_source_port_are_remapped(stack: Stack) -> None:
+    count, port = 4, 47100
+    echo = f"{stack.ip('echo', 'wan')}:7007"
+    command = f"socklab client --json --scenario tcp-bound --bind-port {port} --echo {echo}"
+    with contextlib.ExitStack() as probes:
+        started = [probes.enter_context(stack.lan_probe(command, f"lan-probe-{i}")) for i in range(count)]
+        for probe in started:
+            stack.release(probe)
+        for probe in started:
+            assert probe.get_wrapped_container().wait(timeout=30)["StatusCode"] == 0
+        outcomes = [parse_json_lines(p.get_wrapped_container().logs().decode())[0] for p in started]
+        entries = stack.conntrack("-p", "tcp", "--orig-port-src", str(port))
+    probe_ips = {o["local"][0] for o in outcomes}
+    assert len(probe_ips) == count and all(o["local"][1] == port for o in outcomes)
+    preserved = []
+    for outcome in outcomes:
+        flow = stack.wait_for_flow(outcome["flow"])
+        [entry] = [e for e in entries if e.src == outcome["local"][0] and e.sport == port]
+        assert flow["verdict"] == "snat"
+        assert flow["server"]["peername"][1] == entry.reply_dport, "the server sees conntrack's mapped port"
+        assert flow["port_preserved"] == (entry.reply_dport == port)
+        preserved.append(flow["port_preserved"])
+    assert preserved.count(True) == 1, f"one flow keeps port {port}, the rest are remapped: {preserved}"
+
+
+def test_source_name_follows_routing_table_per_destination(stack: Stack) -> None:
+    for network in ("wan", "ctl"):
+        destination = stack.ip("echo", network)
+        [outcome] = stack.run_client("client-wan", "--scenario", "tcp", "--echo", f"{destination}:7007")
+        route = stack.exec("client-wan", "ip", "-o", "route", "get", destination).split()
+        kernel_source = route[route.index("src") + 1]
+        assert outcome["local"][0] == kernel_source == stack.ip("client-wan", network)
+        flow = stack.wait_for_flow(outcome["flow"])
+        assert flow["verdict"] == "direct"
+        assert same_host(flow["server"]["peername"][0], stack.ip("client-wan", network))
+        assert same_host(flow["server"]["sockname"][0], destination)
