@@ -65,9 +65,9 @@ class EchoServer:
         self.stats: Counter[str] = Counter()
         self.selector = selectors.DefaultSelector()
         self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
-        self.udp = create_dual_stack_socket(socket.SOCK_DGRAM, port)
-        enable_pktinfo(self.udp)
         self.port = self.tcp.getsockname()[1]
+        self.udp = create_dual_stack_socket(socket.SOCK_DGRAM, self.port)
+        enable_pktinfo(self.udp)
         self.unix: socket.socket | None = None
         if unix_path:
             if os.path.exists(unix_path):
