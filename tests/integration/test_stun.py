@@ -1,0 +1,61 @@
+"""STUN clients socklab did not write, behind the router, against the registry's STUN port."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from shared.names import endpoint
+from tests.integration.stack import Stack, same_host
+
+pytestmark = pytest.mark.integration
+
+# aioice (Debian's python3-aioice), an ICE agent: gathers a server-reflexive candidate with RFC 8489 Binding.
+AIOICE = r"""
+import asyncio, json, sys
+import aioice
+
+async def main():
+    conn = aioice.Connection(ice_controlling=True, stun_server=(sys.argv[1], 3478), use_ipv6=False)
+    await conn.gather_candidates()
+    print(json.dumps([[c.type, c.host, c.port, c.related_address, c.related_port] for c in conn.local_candidates]))
+    await conn.close()
+
+asyncio.run(main())
+"""
+
+
+def registry_saw(stack: Stack, host: str, port: int) -> bool:
+    """Whether the collector holds a registry STUN record whose peer is (host, port)."""
+    flows = stack.query("report")["flows"]
+    return any(
+        f["flow"].startswith("stun-")
+        and f["server"]
+        and endpoint(tuple(f["server"]["peername"])) == (host, port)
+        for f in flows
+    )
+
+
+def test_aioice_behind_nat_learns_router_wan_address(stack: Stack) -> None:
+    registry = stack.ip("registry", "wan")
+    output = stack.exec("client-lan", "python3", "-c", AIOICE, registry)
+    entries = stack.conntrack("-p", "udp")
+    candidates = json.loads(output.strip().splitlines()[-1])
+    lan_ip, router_wan = stack.ip("client-lan", "lan"), stack.ip("router", "wan")
+    [(_, host, port, related, related_port)] = [c for c in candidates if c[0] == "srflx" and c[3] == lan_ip]
+    assert host == router_wan, "the registry told aioice the router's WAN address"
+    [entry] = [e for e in entries if e.src == lan_ip and e.sport == related_port and e.dst == registry]
+    assert (entry.reply_dst, entry.reply_dport) == (host, port), "and the port conntrack mapped"
+    assert registry_saw(stack, host, port), "the collector holds the registry's view of the same name"
+
+
+def test_classic_rfc3489_client_learns_router_wan_address(stack: Stack) -> None:
+    registry = stack.ip("registry", "wan")
+    code, raw = stack.container("client-lan").exec_run(["stun", registry, "-v"], user="socklab")
+    output = raw.decode(errors="replace")
+    match = re.search(r"MappedAddress = ([\d.]+):(\d+)", output)
+    assert match, f"stun (exit {code}) printed no mapped address:\n{output}"
+    assert same_host(match.group(1), stack.ip("router", "wan"))
+    assert registry_saw(stack, match.group(1), int(match.group(2)))
