@@ -87,14 +87,19 @@ class Stack:
         """Bring the stack up and wait until every service is healthy."""
         os.environ["COMPOSE_PROJECT_NAME"] = PROJECT
         self.refuse_overlap()
+        self.remove_leftovers()
         self.compose.start()
         return self
 
-    def stop(self) -> None:
-        """Remove probes, containers, networks and volumes, whatever state the tests left."""
+    def remove_leftovers(self) -> None:
+        """Take away what a killed earlier run could not: its probes and its compose project."""
         for probe in self.docker.containers.list(all=True, filters={"label": PROBE_LABEL}):
             probe.remove(force=True)
         self.compose.stop(down=True)
+
+    def stop(self) -> None:
+        """Remove probes, containers, networks and volumes, whatever state the tests left."""
+        self.remove_leftovers()
         self.context.term()
 
     def refuse_overlap(self) -> None:
