@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 import zmq
 from docker.models.containers import Container
 from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
 
+import docker
 from services.report import query_collector
 from shared.names import unmap_host
 

@@ -31,9 +31,7 @@ def registry_saw(stack: Stack, host: str, port: int) -> bool:
     """Whether the collector holds a registry STUN record whose peer is (host, port)."""
     flows = stack.query("report")["flows"]
     return any(
-        f["flow"].startswith("stun-")
-        and f["server"]
-        and endpoint(tuple(f["server"]["peername"])) == (host, port)
+        f["flow"].startswith("stun-") and f["server"] and endpoint(tuple(f["server"]["peername"])) == (host, port)
         for f in flows
     )
 
@@ -44,7 +42,7 @@ def test_aioice_behind_nat_learns_router_wan_address(stack: Stack) -> None:
     entries = stack.conntrack("-p", "udp")
     candidates = json.loads(output.strip().splitlines()[-1])
     lan_ip, router_wan = stack.ip("client-lan", "lan"), stack.ip("router", "wan")
-    [(_, host, port, related, related_port)] = [c for c in candidates if c[0] == "srflx" and c[3] == lan_ip]
+    [(_, host, port, _related, related_port)] = [c for c in candidates if c[0] == "srflx" and c[3] == lan_ip]
     assert host == router_wan, "the registry told aioice the router's WAN address"
     [entry] = [e for e in entries if e.src == lan_ip and e.sport == related_port and e.dst == registry]
     assert (entry.reply_dst, entry.reply_dport) == (host, port), "and the port conntrack mapped"
