@@ -65,6 +65,12 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
     return entries
 
 
+def only(entries: list[ConntrackEntry], what: str) -> ConntrackEntry:
+    """The one conntrack entry a flow must have; fail showing what was found instead."""
+    assert len(entries) == 1, f"expected one conntrack entry for {what}, found {entries}"
+    return entries[0]
+
+
 def same_host(a: str, b: str) -> bool:
     """Compare hosts as addresses, IPv4-mapped names unmapped."""
     return ipaddress.ip_address(unmap_host(a)) == ipaddress.ip_address(unmap_host(b))
