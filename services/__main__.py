@@ -16,6 +16,7 @@ COMMANDS = {
     "router": "services.router",
     "report": "services.report",
     "health": "services.health",
+    "natcheck": "services.natcheck",
 }
 
 

@@ -95,10 +95,13 @@ class Collector:
         """Everything a reader needs: joined flows, per-method counts, rejects and drops."""
         drops: dict[str, int] = {}
         rejects: Counter[str] = Counter()
+        natchecks = []
         for obs in self.observations:
             drops[obs.service] = max(drops.get(obs.service, 0), obs.drops)
             if "rejected" in obs.extra:
                 rejects[obs.service] += 1
+            if "natcheck" in obs.extra:
+                natchecks.append({"service": obs.service, "host": obs.host, "time": obs.time, **obs.extra["natcheck"]})
         return {
             "flows": [flow.to_wire() for flow in join_flows(self.observations)],
             "methods": dict(Counter(obs.method for obs in self.observations)),
@@ -106,6 +109,7 @@ class Collector:
             "rejected": self.rejected,
             "service_rejects": dict(rejects),
             "drops": drops,
+            "natchecks": natchecks,
         }
 
     def answer(self, raw: bytes) -> dict[str, Any]:

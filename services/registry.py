@@ -15,6 +15,7 @@ A request it cannot serve gets {"ok": false, "error"}; a stream that is not fram
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import selectors
@@ -28,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from shared import stun
+from services.stun_server import StunResponder
 from shared.config import load_config
 from shared.framing import FrameBuffer, pack_frame, recv_frame
 from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport, unmap_host
@@ -36,9 +37,6 @@ from shared.record import Role
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
-
-SOFTWARE = "socklab registry"
-
 
 @dataclass
 class Registration:
@@ -71,30 +69,40 @@ class RequestConn:
 class RegistryServer:
     """The registry's TCP and STUN sockets in one selector loop."""
 
-    def __init__(self, reporter: Reporter, port: int, stun_port: int) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        port: int,
+        stun_port: int,
+        *,
+        stun_addresses: tuple[str, ...] = (),
+        stun_alt_port: int = 3479,
+    ) -> None:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
         self.registrations: dict[tuple[str, str], Registration] = {}
         self.selector = selectors.DefaultSelector()
         self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
-        self.stun = create_dual_stack_socket(socket.SOCK_DGRAM, stun_port)
-        self.port, self.stun_port = self.tcp.getsockname()[1], self.stun.getsockname()[1]
-        for sock in (self.tcp, self.stun):
-            reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ, None)
+        self.port = self.tcp.getsockname()[1]
+        reporter.observe(self.tcp, "bind", None, Role.SERVER, local=self.tcp.getsockname())
+        self.stun = StunResponder(reporter, stun_port, stun_addresses, stun_alt_port)
+        self.stun_port = self.stun.port
         self.tcp.listen(128)
+        self.tcp.setblocking(False)
+        self.selector.register(self.tcp, selectors.EVENT_READ, self.accept_request_stream)
+        for sock in self.stun.all_sockets():
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.stun.handle, sock))
 
     def serve(self, stop: threading.Event) -> None:
-        """Run the loop until `stop` is set."""
+        """Run the loop until `stop` is set; each registered socket carries its own handler."""
         while not stop.is_set():
             for key, _events in self.selector.select(timeout=0.2):
-                if key.data is not None:
-                    self.handle_request_stream(key.data)
-                elif key.fileobj is self.stun:
-                    self.handle_stun()
-                else:
-                    self.accept_request_stream()
+                key.data()
+
+    def all_stats(self) -> dict[str, int]:
+        """Registry and STUN counters together."""
+        return dict(self.stats + self.stun.stats)
 
     def accept_request_stream(self) -> None:
         try:
@@ -103,7 +111,8 @@ class RegistryServer:
             log.warning("accept failed: %s", exc)
             return
         sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ, RequestConn(sock, addr))
+        conn = RequestConn(sock, addr)
+        self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.handle_request_stream, conn))
 
     def handle_request_stream(self, conn: RequestConn) -> None:
         """Serve every whole request that arrived; garbage closes only this connection."""
@@ -171,7 +180,7 @@ class RegistryServer:
         if op == "list":
             return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
         if op == "stats":
-            return {"ok": True, "stats": dict(self.stats)}
+            return {"ok": True, "stats": self.all_stats()}
         raise ValueError(f"unknown op {op!r}")
 
     def observe_requester(self, conn: RequestConn) -> None:
@@ -180,51 +189,6 @@ class RegistryServer:
         self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
         self.reporter.observe(sock, "getsockname", flow, Role.SERVER, local=sock.getsockname())
         self.reporter.observe(sock, "getpeername", flow, Role.SERVER, remote=sock.getpeername())
-
-    def handle_stun(self) -> None:
-        """Answer one STUN Binding request with the name the datagram came from."""
-        try:
-            data, addr = self.stun.recvfrom(2048)
-        except OSError as exc:
-            log.warning("recvfrom failed: %s", exc)
-            return
-        try:
-            request = stun.unpack_message(data)
-            if request.method != stun.Method.BINDING or request.cls != stun.Class.REQUEST:
-                raise ValueError("STUN message is not a Binding request")
-        except ValueError as exc:
-            self.stats["stun_rejected"] += 1
-            log.warning("rejected STUN packet from %s: %s", addr, exc)
-            self.reporter.observe(self.stun, "recvfrom", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
-            return
-        flow = stun_flow_id(request.transaction_id)
-        self.reporter.observe(self.stun, "recvfrom", flow, Role.SERVER, remote=addr)
-        response = binding_response(request, addr)
-        try:
-            self.stun.sendto(stun.pack_message(response, fingerprint=True), addr)
-        except OSError as exc:
-            log.warning("sendto %s failed: %s", addr, exc)
-            return
-        self.stats["stun_answered"] += 1
-        self.reporter.observe(self.stun, "sendto", flow, Role.SERVER, remote=addr)
-
-
-def binding_response(request: stun.Message, addr: Name) -> stun.Message:
-    """Build the success response: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for an RFC 3489 client."""
-    assert isinstance(addr, tuple)
-    mapped = (unmap_host(addr[0]), addr[1])
-    response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id, cookie=request.cookie)
-    if request.classic:
-        response.attributes[stun.Attr.MAPPED_ADDRESS] = mapped
-    else:
-        response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
-    response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
-    return response
-
-
-def stun_flow_id(transaction_id: bytes) -> str:
-    """A STUN transaction is a flow; its id is the transaction id, which both ends know."""
-    return "stun-" + transaction_id.hex()
 
 
 def family_of(name: Name) -> str:
@@ -290,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             reporter.close()
             context.term()
         return
-    server = RegistryServer(reporter, args.port, args.stun_port)
+    server = RegistryServer(
+        reporter, args.port, args.stun_port, stun_addresses=cfg.stun_addresses, stun_alt_port=cfg.stun_alt_port
+    )
     log.info("registry serving on tcp %d, stun udp %d", server.port, server.stun_port)
     try:
         server.serve(threading.Event())

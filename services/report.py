@@ -62,6 +62,12 @@ def format_table(report: dict[str, Any]) -> str:
     methods = ", ".join(f"{m} {n}" for m, n in sorted(report["methods"].items()))
     lines.append("")
     lines.append(f"records {report['records']}, rejected {report['rejected']}; by method: {methods}")
+    for check in report.get("natchecks", [])[-5:]:
+        lines.append(
+            f"NAT check by {check['service']}: {check['mapping']} mapping, {check['filtering']} filtering, "
+            f"port {'kept' if check['port_preserved'] else 'changed'}, hairpin {'yes' if check['hairpin'] else 'no'}, "
+            f"mapped to {show(check['mapped_address'])}"
+        )
     if report.get("service_rejects"):
         lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report["service_rejects"].items()))
     return "\n".join(lines)

@@ -10,6 +10,8 @@
 | SOCKLAB_UNIX_PATH   | /run/socklab/echo.sock     | echo's Unix stream socket                          |
 | SOCKLAB_REGISTRY_PORT | 5300                     | registry's TCP port                                |
 | SOCKLAB_STUN_PORT   | 3478                       | registry's STUN port (UDP)                         |
+| SOCKLAB_STUN_ADDRESSES | (empty)                 | primary,alternate IPv4 for RFC 5780; empty: one dual-stack socket |
+| SOCKLAB_STUN_ALT_PORT | 3479                     | RFC 5780's alternate STUN port                     |
 | SOCKLAB_STORE       | /var/lib/socklab/records.bin | collector's append-only store                    |
 | SOCKLAB_INGEST_PORT | 5555                       | collector's PULL port                              |
 | SOCKLAB_QUERY_PORT  | 5556                       | collector's REP port                               |
@@ -35,6 +37,8 @@ class Config:
     unix_path: str
     registry_port: int
     stun_port: int
+    stun_addresses: tuple[str, ...]
+    stun_alt_port: int
     store: str
     ingest_port: int
     query_port: int
@@ -53,6 +57,8 @@ def load_config(service: str, env: Mapping[str, str] | None = None) -> Config:
         unix_path=env.get("SOCKLAB_UNIX_PATH", "/run/socklab/echo.sock"),
         registry_port=int(env.get("SOCKLAB_REGISTRY_PORT", "5300")),
         stun_port=int(env.get("SOCKLAB_STUN_PORT", "3478")),
+        stun_addresses=tuple(a.strip() for a in env.get("SOCKLAB_STUN_ADDRESSES", "").split(",") if a.strip()),
+        stun_alt_port=int(env.get("SOCKLAB_STUN_ALT_PORT", "3479")),
         store=env.get("SOCKLAB_STORE", "/var/lib/socklab/records.bin"),
         ingest_port=int(env.get("SOCKLAB_INGEST_PORT", "5555")),
         query_port=int(env.get("SOCKLAB_QUERY_PORT", "5556")),

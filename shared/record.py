@@ -97,7 +97,7 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
     if key not in data:
         raise ValueError(f"record has no {key!r}")
     value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ValueError(f"record {key!r} has type {type(value).__name__}")
     return value
 

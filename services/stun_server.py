@@ -1,0 +1,158 @@
+"""The registry's STUN responder: RFC 8489 Binding, with RFC 5780's second address and port.
+
+With one address it is a single dual-stack socket on the STUN port. With a primary and an
+alternate address it binds the four (address, port) pairs RFC 5780 needs, plus an IPv6 socket on
+the primary port, and every response says where it came from (RESPONSE-ORIGIN) and where the
+other pair is (OTHER-ADDRESS). CHANGE-REQUEST picks the socket the response leaves from.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+
+from shared import stun
+from shared.names import Name, create_dual_stack_socket, unmap_host
+from shared.record import Role
+from shared.reporter import Reporter
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "socklab registry"
+
+
+def stun_flow_id(transaction_id: bytes) -> str:
+    """A STUN transaction is a flow; its id is the transaction id, which both ends know."""
+    return "stun-" + transaction_id.hex()
+
+
+def create_udp_socket(host: str, port: int) -> socket.socket:
+    """Bind one IPv4 UDP socket to a concrete address, so replies leave from exactly that name."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def create_v6only_socket(port: int) -> socket.socket:
+    """IPv6 on the primary port beside the IPv4 sockets bound to concrete addresses."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::", port))
+    return sock
+
+
+class StunResponder:
+    """Owns the STUN sockets; the registry's selector loop calls handle() when one is readable."""
+
+    def __init__(
+        self, reporter: Reporter, port: int, addresses: tuple[str, ...] = (), alt_port: int = 3479
+    ) -> None:
+        self.reporter = reporter
+        self.stats: Counter[str] = Counter()
+        self.sockets: dict[tuple[str, int], socket.socket] = {}
+        self.other: tuple[str, int] | None = None
+        self.primary, self.alternate = (addresses[0], addresses[1]) if len(addresses) >= 2 else ("", "")
+        self.v6: socket.socket | None
+        if self.alternate:
+            first = create_udp_socket(self.primary, port)
+            second = create_udp_socket(self.primary, alt_port)
+            self.port, self.alt_port = first.getsockname()[1], second.getsockname()[1]
+            self.sockets = {
+                (self.primary, self.port): first,
+                (self.primary, self.alt_port): second,
+                (self.alternate, self.port): create_udp_socket(self.alternate, self.port),
+                (self.alternate, self.alt_port): create_udp_socket(self.alternate, self.alt_port),
+            }
+            self.other = (self.alternate, self.alt_port)
+            self.v6 = create_v6only_socket(self.port)
+        else:
+            self.v6 = create_dual_stack_socket(socket.SOCK_DGRAM, port)
+            self.port = self.alt_port = self.v6.getsockname()[1]
+        for sock in self.all_sockets():
+            reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
+
+    def all_sockets(self) -> list[socket.socket]:
+        """Every STUN socket, for the selector."""
+        return [*self.sockets.values(), *([self.v6] if self.v6 else [])]
+
+    def handle(self, sock: socket.socket) -> None:
+        """Answer one datagram: a Binding response, an error response, or a counted rejection."""
+        try:
+            data, addr = sock.recvfrom(2048)
+        except OSError as exc:
+            log.warning("recvfrom failed: %s", exc)
+            return
+        try:
+            request = stun.unpack_message(data)
+            if request.method != stun.Method.BINDING or request.cls != stun.Class.REQUEST:
+                raise ValueError("STUN message is not a Binding request")
+        except ValueError as exc:
+            self.stats["stun_rejected"] += 1
+            log.warning("rejected STUN packet from %s: %s", addr, exc)
+            self.reporter.observe(sock, "recvfrom", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
+            return
+        flow = stun_flow_id(request.transaction_id)
+        self.reporter.observe(sock, "recvfrom", flow, Role.SERVER, local=sock.getsockname(), remote=addr)
+        out, response = self.respond(sock, request, addr)
+        try:
+            out.sendto(stun.pack_message(response, fingerprint=True), addr)
+        except OSError as exc:
+            log.warning("sendto %s failed: %s", addr, exc)
+            return
+        self.stats["stun_answered" if response.cls == stun.Class.RESPONSE else "stun_errors"] += 1
+        self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=addr)
+
+    def respond(self, sock: socket.socket, request: stun.Message, addr: Name) -> tuple[socket.socket, stun.Message]:
+        """Choose the socket the answer leaves from (CHANGE-REQUEST) and build the answer."""
+        unknown = [a for a in request.attributes if not isinstance(a, stun.Attr) and a < 0x8000]
+        if unknown:
+            return sock, error_response(request, 420, "Unknown Attribute", unknown)
+        change = request.attributes.get(stun.Attr.CHANGE_REQUEST, 0)
+        if change and (self.other is None or sock is self.v6):
+            return sock, error_response(request, 400, "Bad Request: no alternate address to change to")
+        out = self.changed_socket(sock, change) if change else sock
+        response = binding_response(request, addr)
+        if self.other is not None and out is not self.v6:
+            origin = out.getsockname()
+            if request.classic:
+                response.attributes[stun.Attr.SOURCE_ADDRESS] = origin
+                response.attributes[stun.Attr.CHANGED_ADDRESS] = self.other
+            else:
+                response.attributes[stun.Attr.RESPONSE_ORIGIN] = origin
+                response.attributes[stun.Attr.OTHER_ADDRESS] = self.other
+        return out, response
+
+    def changed_socket(self, sock: socket.socket, change: int) -> socket.socket:
+        """The socket on the other address and/or the other port, as CHANGE-REQUEST asks."""
+        host, port = sock.getsockname()
+        if change & stun.CHANGE_IP:
+            host = self.alternate if host == self.primary else self.primary
+        if change & stun.CHANGE_PORT:
+            port = self.alt_port if port == self.port else self.port
+        return self.sockets[(host, port)]
+
+
+def binding_response(request: stun.Message, addr: Name) -> stun.Message:
+    """The success response: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for an RFC 3489 client."""
+    assert isinstance(addr, tuple)
+    mapped = (unmap_host(addr[0]), addr[1])
+    response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id, cookie=request.cookie)
+    if request.classic:
+        response.attributes[stun.Attr.MAPPED_ADDRESS] = mapped
+    else:
+        response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
+    response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
+    return response
+
+
+def error_response(request: stun.Message, code: int, reason: str, unknown: list[int] | None = None) -> stun.Message:
+    """An error response (RFC 8489 section 14.8), listing unknown attributes for a 420."""
+    response = stun.Message(stun.Method.BINDING, stun.Class.ERROR, request.transaction_id, cookie=request.cookie)
+    response.attributes[stun.Attr.ERROR_CODE] = (code, reason)
+    if unknown:
+        response.attributes[stun.Attr.UNKNOWN_ATTRIBUTES] = unknown
+    response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
+    return response

@@ -1,0 +1,87 @@
+"""natcheck against each router behaviour: its RFC 5780 classification and the mappings conntrack holds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.stack import Stack, only, same_host
+
+pytestmark = pytest.mark.integration
+
+# (mapping, filtering, hairpin) asked of the router -> what RFC 5780's tests must find.
+BEHAVIOURS = {
+    "cone": (
+        ("cone", "address-and-port-dependent", "off"),
+        {
+            "mapping": "endpoint-independent",
+            "filtering": "address-and-port-dependent",
+            "port_preserved": True,
+            "hairpin": False,
+        },
+    ),
+    "full-cone-hairpin": (
+        ("cone", "endpoint-independent", "on"),
+        {
+            "mapping": "endpoint-independent",
+            "filtering": "endpoint-independent",
+            "port_preserved": True,
+            "hairpin": True,
+        },
+    ),
+    "symmetric": (
+        ("symmetric", "address-and-port-dependent", "off"),
+        {
+            "mapping": "address-and-port-dependent",
+            "filtering": "address-and-port-dependent",
+            "port_preserved": False,
+            "hairpin": False,
+        },
+    ),
+}
+
+
+@pytest.fixture
+def router_behaviour(stack: Stack, request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
+    """Switch the running router to a behaviour, and back to compose's default afterwards."""
+    (mode, filtering, hairpin), expected = BEHAVIOURS[request.param]
+    stack.exec(
+        "router",
+        "socklab",
+        "router",
+        "--apply",
+        "--mode",
+        mode,
+        "--filter",
+        filtering,
+        "--hairpin",
+        hairpin,
+        user="root",
+    )
+    try:
+        yield expected
+    finally:
+        stack.exec("router", "socklab", "router", "--apply", user="root")
+
+
+@pytest.mark.parametrize("router_behaviour", list(BEHAVIOURS), indirect=True)
+def test_natcheck_classifies_router_and_matches_conntrack(stack: Stack, router_behaviour: dict[str, object]) -> None:
+    result = json.loads(stack.exec("client-lan", "socklab", "natcheck", "--json").strip().splitlines()[-1])
+    entries = stack.conntrack("-p", "udp")
+    lan_ip, router_wan = stack.ip("client-lan", "lan"), stack.ip("router", "wan")
+    found = {key: result[key] for key in router_behaviour}
+    assert found == router_behaviour, result
+    assert result["local_address"][0] == lan_ip
+    assert same_host(result["mapped_address"][0], router_wan)
+    mapped_tests = [t for t in result["tests"] if t["mapped"]]
+    assert mapped_tests, result
+    for test in mapped_tests:
+        (src, sport), (host, port) = test["local"], test["destination"]
+        entry = only(
+            [e for e in entries if e.src == src and e.sport == sport and e.dst == host and e.dport == port], test["name"]
+        )
+        assert [entry.reply_dst, entry.reply_dport] == test["mapped"], f"{test['name']}: conntrack disagrees"
+    natchecks = stack.query("report")["natchecks"]
+    assert natchecks and natchecks[-1]["mapping"] == result["mapping"], "the collector holds the same result"
