@@ -1,0 +1,80 @@
+"""The report record: names survive the wire exactly, and every malformed record is refused with a reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from shared.record import Observation, Proto, Role, pack_observation, unpack_observation
+
+pytestmark = pytest.mark.unit
+
+
+def record(**changes: Any) -> Observation:
+    fields: dict[str, Any] = {
+        "service": "echo",
+        "host": "h",
+        "flow": "f1",
+        "role": Role.SERVER,
+        "proto": Proto.TCP,
+        "family": "ipv6",
+        "method": "accept",
+        "local": ("::ffff:198.51.100.10", 7007, 0, 0),
+        "remote": ("fe80::1", 40000, 7, 3),
+        "time": 1.5,
+        "drops": 2,
+        "extra": {"scenario": "tcp4"},
+    }
+    return Observation(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [("192.0.2.1", 80), ("2001:db8::1", 443, 0x12345, 4), "/run/socklab/echo.sock", "", b"\0abstract", None],
+)
+def test_names_round_trip_exactly(name: Any) -> None:
+    obs = record(local=name, remote=name)
+    again = unpack_observation(pack_observation(obs))
+    assert again == obs
+    assert type(again.local) is type(name), "tuples come back as tuples, paths as strings"
+
+
+def test_ipv6_names_keep_flowinfo_and_scope_id() -> None:
+    again = unpack_observation(pack_observation(record()))
+    assert again.remote == ("fe80::1", 40000, 7, 3)
+
+
+def wire(**changes: Any) -> bytes:
+    data = msgpack.unpackb(pack_observation(record()), raw=False)
+    data.update(changes)
+    for key in [k for k, v in changes.items() if v is ...]:
+        del data[key]
+    return msgpack.packb(data, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\xc1", "record is not msgpack"),
+        (msgpack.packb([1, 2]), "record is a list, not a map"),
+        (wire(v=2), "record schema version 2 is not 1"),
+        (wire(v=True), "record 'v' has type bool"),
+        (wire(service=...), "record has no 'service'"),
+        (wire(service=5), "record 'service' has type int"),
+        (wire(role="peer"), "record role 'peer' is unknown"),
+        (wire(proto="sctp"), "record proto 'sctp' is unknown"),
+        (wire(family="ipx"), "record family 'ipx' is unknown"),
+        (wire(method="listen"), "record method 'listen' is unknown"),
+        (wire(flow=7), "record 'flow' has type int"),
+        (wire(local=["192.0.2.1", 80, 0]), "name must have 2 or 4 items, not 3"),
+        (wire(local=["192.0.2.1", 70000]), "name port 70000 out of range"),
+        (wire(local=[1, 80]), "name host must be a string"),
+        (wire(remote={"host": "x"}), "name must be a list, string or nil, not dict"),
+        (wire(extra=[]), "record 'extra' has type list"),
+    ],
+)
+def test_malformed_records_are_refused(data: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=f"^{error}"):
+        unpack_observation(data)
