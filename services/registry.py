@@ -100,6 +100,12 @@ class RegistryServer:
             for key, _events in self.selector.select(timeout=0.2):
                 key.data()
 
+    def close(self) -> None:
+        """Close every socket the registry holds."""
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+
     def all_stats(self) -> dict[str, int]:
         """Registry and STUN counters together."""
         return dict(self.stats + self.stun.stats)
@@ -119,7 +125,7 @@ class RegistryServer:
         try:
             data = conn.sock.recv(65536)
             if not data:
-                self.close(conn)
+                self.close_stream(conn)
                 return
             conn.frames.feed(data)
             while (frame := conn.frames.next_frame()) is not None:
@@ -130,12 +136,12 @@ class RegistryServer:
             self.reporter.observe(
                 conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
             )
-            self.close(conn)
+            self.close_stream(conn)
         except OSError as exc:
             log.info("stream from %s failed: %s", conn.accepted_from, exc)
-            self.close(conn)
+            self.close_stream(conn)
 
-    def close(self, conn: RequestConn) -> None:
+    def close_stream(self, conn: RequestConn) -> None:
         self.selector.unregister(conn.sock)
         conn.sock.close()
 

@@ -18,7 +18,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from services.collector import Collector, Store, serve  # noqa: E402
 from services.echo import EchoServer  # noqa: E402
-from services.flows import Flow, join_flows  # noqa: E402
+from services.flows import Flow, FlowVerdict, join_flows  # noqa: E402
 from services.registry import RegistryServer  # noqa: E402
 from shared.reporter import Reporter  # noqa: E402
 from tests.integration.stack import Stack  # noqa: E402
@@ -70,7 +70,7 @@ class LiveCollector:
 
         def find() -> Flow | None:
             for flow in join_flows(list(self.collector.observations)):
-                if flow.flow == flow_id and (not both_ends or (flow.client and flow.server)):
+                if flow.flow == flow_id and (not both_ends or flow.verdict != FlowVerdict.UNMATCHED):
                     return flow
             return None
 
@@ -121,6 +121,7 @@ def registry_server(reporter: Reporter) -> Iterator[RegistryServer]:
     halt = run_in_thread(server.serve)
     yield server
     halt()
+    server.close()
 
 
 @pytest.fixture(scope="session")
