@@ -65,6 +65,9 @@ class LiveCollector:
     def wait_for_records(self, count: int) -> None:
         wait_until(lambda: len(self.collector.observations) >= count, f"{count} records")
 
+    def wait_for_natcheck(self) -> list[dict[str, Any]]:
+        return wait_until(lambda: self.collector.report()["natchecks"], "a natcheck result")  # type: ignore[no-any-return]
+
     def wait_for_flow(self, flow_id: str, both_ends: bool = True) -> Flow:
         """Poll until a flow is joined (both ends reported, unless told otherwise)."""
 
