@@ -119,9 +119,9 @@ def main() -> None:
             runs[name].append(measure(ep, hwm, args.udp, args.tcp, live))
     results = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     base = results["baseline"]
-    print(
-        f"{'configuration':14} {'udp rt/s':>10} {'ratio':>6} {'tcp flows/s':>12} {'ratio':>6} {'sent':>8} {'dropped':>8}"
-    )
+    header = ("udp rt/s", "ratio", "tcp flows/s", "ratio", "sent", "dropped")
+    widths = (10, 6, 12, 6, 8, 8)
+    print(f"{'configuration':14} " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for name, r in results.items():
         print(
             f"{name:14} {r['udp']:10.0f} {r['udp'] / base['udp']:6.2f} {r['tcp']:12.0f} "

@@ -163,9 +163,7 @@ def find_echo(registries: list[tuple[str, int]], reporter: Reporter) -> dict[str
     return found
 
 
-def plan_targets(
-    echo: dict[str, tuple[str, dict[str, Any]]], unix_path: str | None, kinds: list[str]
-) -> list[Target]:
+def plan_targets(echo: dict[str, tuple[str, dict[str, Any]]], unix_path: str | None, kinds: list[str]) -> list[Target]:
     """Turn echo's addresses into one target per scenario kind and family."""
     targets = []
     for kind in kinds:

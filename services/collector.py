@@ -136,7 +136,7 @@ class Collector:
 
 def record_to_wire(obs: Observation) -> dict[str, Any]:
     """A stored record as a query answer carries it."""
-    return msgpack.unpackb(pack_observation(obs), raw=False)  # type: ignore[no-any-return]
+    return msgpack.unpackb(pack_observation(obs), raw=False)
 
 
 def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, stop: threading.Event) -> None:

@@ -143,9 +143,7 @@ def join_flows(observations: Iterable[Observation]) -> list[Flow]:
         client = pick_end(by_role[Role.CLIENT]) if Role.CLIENT in by_role else None
         server = pick_end(by_role[Role.SERVER]) if Role.SERVER in by_role else None
         any_records = by_role.get(Role.CLIENT) or by_role[Role.SERVER]
-        verdict, preserved = (
-            judge(client, server) if client and server else (FlowVerdict.UNMATCHED, None)
-        )
+        verdict, preserved = judge(client, server) if client and server else (FlowVerdict.UNMATCHED, None)
         flows.append(
             Flow(
                 flow=flow_id,

@@ -138,7 +138,9 @@ def run_natcheck(reporter: Reporter, server: tuple[str, int], timeout: float, at
                 tests.append(third)
             mapping = classify(first.mapped, second.mapped, third.mapped if third else None)
         tests.append(filtering_probe.transact("filtering-1 primary", server))
-        both = filtering_probe.transact("filtering-2 change address and port", server, stun.CHANGE_IP | stun.CHANGE_PORT)
+        both = filtering_probe.transact(
+            "filtering-2 change address and port", server, stun.CHANGE_IP | stun.CHANGE_PORT
+        )
         tests.append(both)
         if both.mapped is not None:
             filtering = BEHAVIOURS[0]
@@ -157,7 +159,7 @@ def run_natcheck(reporter: Reporter, server: tuple[str, int], timeout: float, at
             "tests": [asdict(t) for t in tests],
         }
         reporter.observe(mapping_probe.sock, "getsockname", None, Role.CLIENT, local=local, extra={"natcheck": summary})
-        return json.loads(json.dumps(summary))  # type: ignore[no-any-return]
+        return json.loads(json.dumps(summary))
     finally:
         mapping_probe.close()
         filtering_probe.close()

@@ -38,6 +38,7 @@ from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Registration:
     """What a registrant said about itself and what the registry saw."""

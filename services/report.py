@@ -31,7 +31,7 @@ def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], 
         req.close()
     if not reply.get("ok"):
         raise RuntimeError(f"collector said: {reply.get('error')}")
-    return reply  # type: ignore[no-any-return]
+    return reply
 
 
 def show(name: Any) -> str:
@@ -56,8 +56,9 @@ def format_table(report: dict[str, Any]) -> str:
         who = f"{client.get('service', '?')} -> {server.get('service', '?')}"
         rows.append((flow["scenario"] or flow["proto"], who, mine, theirs, describe_verdict(flow)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4]
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4] for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     methods = ", ".join(f"{m} {n}" for m, n in sorted(report["methods"].items()))
     lines.append("")

@@ -67,8 +67,25 @@ def nat_rules(nat: NatBehaviour) -> list[list[str]]:
     if nat.hairpin:
         rules.append(["iptables", "-t", "nat", "-A", "SOCKLAB_PRE", "-s", nat.lan, *to_dmz])
         rules.append(
-            ["iptables", "-t", "nat", "-A", "SOCKLAB_POST", "-s", nat.lan, "-d", nat.lan,
-             "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", nat.wan_address]
+            [
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "SOCKLAB_POST",
+                "-s",
+                nat.lan,
+                "-d",
+                nat.lan,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "SNAT",
+                "--to-source",
+                nat.wan_address,
+            ]
         )
     return rules
 

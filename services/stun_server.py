@@ -47,9 +47,7 @@ def create_v6only_socket(port: int) -> socket.socket:
 class StunResponder:
     """Owns the STUN sockets; the registry's selector loop calls handle() when one is readable."""
 
-    def __init__(
-        self, reporter: Reporter, port: int, addresses: tuple[str, ...] = (), alt_port: int = 3479
-    ) -> None:
+    def __init__(self, reporter: Reporter, port: int, addresses: tuple[str, ...] = (), alt_port: int = 3479) -> None:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
         self.sockets: dict[tuple[str, int], socket.socket] = {}

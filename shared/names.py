@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 Name: TypeAlias = tuple[Any, ...] | str | bytes
 Endpoint: TypeAlias = tuple[str, int] | str | bytes
 
-FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix"}
+FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix"}
 
 
 def family_name(family: int) -> str:

@@ -16,12 +16,12 @@ import zmq
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from services.collector import Collector, Store, serve  # noqa: E402
-from services.echo import EchoServer  # noqa: E402
-from services.flows import Flow, FlowVerdict, join_flows  # noqa: E402
-from services.registry import RegistryServer  # noqa: E402
-from shared.reporter import Reporter  # noqa: E402
-from tests.integration.stack import Stack  # noqa: E402
+from services.collector import Collector, Store, serve
+from services.echo import EchoServer
+from services.flows import Flow, FlowVerdict, join_flows
+from services.registry import RegistryServer
+from shared.reporter import Reporter
+from tests.integration.stack import Stack
 
 
 def free_port() -> int:

@@ -80,7 +80,8 @@ def test_natcheck_classifies_router_and_matches_conntrack(stack: Stack, router_b
     for test in mapped_tests:
         (src, sport), (host, port) = test["local"], test["destination"]
         entry = only(
-            [e for e in entries if e.src == src and e.sport == sport and e.dst == host and e.dport == port], test["name"]
+            [e for e in entries if e.src == src and e.sport == sport and e.dst == host and e.dport == port],
+            test["name"],
         )
         assert [entry.reply_dst, entry.reply_dport] == test["mapped"], f"{test['name']}: conntrack disagrees"
     natchecks = stack.query("report")["natchecks"]

@@ -56,7 +56,12 @@ def test_unix_flow_names_are_paths(echo_server: EchoServer, reporter: Reporter, 
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"GET / HTTP/1.0\r\n\r\n", struct.pack("!I", 1 << 30), struct.pack("!I", 1) + b"\x07", struct.pack("!I", 1) + b"\x80"],
+    [
+        b"GET / HTTP/1.0\r\n\r\n",
+        struct.pack("!I", 1 << 30),
+        struct.pack("!I", 1) + b"\x07",
+        struct.pack("!I", 1) + b"\x80",
+    ],
 )
 def test_stream_garbage_is_counted_reported_and_survived(
     echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, garbage: bytes
@@ -72,7 +77,9 @@ def test_stream_garbage_is_counted_reported_and_survived(
     assert live_collector.wait_for_flow(outcome.flow).verdict == FlowVerdict.DIRECT
 
 
-@pytest.mark.parametrize("garbage", [b"\xc1", msgpack.packb([1]), msgpack.packb({"flow": 1}), msgpack.packb({"flow": "f"})])
+@pytest.mark.parametrize(
+    "garbage", [b"\xc1", msgpack.packb([1]), msgpack.packb({"flow": 1}), msgpack.packb({"flow": "f"})]
+)
 def test_datagram_garbage_is_counted_and_survived(
     echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, garbage: bytes
 ) -> None:

@@ -89,7 +89,11 @@ def test_stun_binding_says_the_clients_own_name(registry_server: RegistryServer,
 
 @pytest.mark.parametrize(
     ("change", "host", "alternate_port"),
-    [(stun.CHANGE_IP, "127.0.0.2", False), (stun.CHANGE_PORT, "127.0.0.1", True), (stun.CHANGE_IP | stun.CHANGE_PORT, "127.0.0.2", True)],
+    [
+        (stun.CHANGE_IP, "127.0.0.2", False),
+        (stun.CHANGE_PORT, "127.0.0.1", True),
+        (stun.CHANGE_IP | stun.CHANGE_PORT, "127.0.0.2", True),
+    ],
 )
 def test_change_request_answers_from_the_other_name(
     registry_server: RegistryServer, udp: socket.socket, change: int, host: str, alternate_port: bool
@@ -133,7 +137,11 @@ def test_malformed_stun_is_counted_and_the_server_keeps_answering(
     registry_server: RegistryServer, udp: socket.socket
 ) -> None:
     primary = ("127.0.0.1", registry_server.stun_port)
-    for packet in (b"\x00\x01", b"\xff" * 20, stun.pack_message(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE))):
+    for packet in (
+        b"\x00\x01",
+        b"\xff" * 20,
+        stun.pack_message(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)),
+    ):
         udp.sendto(packet, primary)
     wait_until(lambda: registry_server.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
     response, _ = binding(udp, primary)

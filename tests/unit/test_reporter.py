@@ -23,7 +23,13 @@ def test_records_arrive_with_the_sockets_own_proto_and_family(zmq_context: zmq.C
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     pull.setsockopt(zmq.RCVTIMEO, 5000)
     obs = unpack_observation(pull.recv())
-    assert (obs.service, obs.proto, obs.family, obs.method, obs.local) == ("unit", "udp", "ipv6", "bind", ("::", 9, 0, 0))
+    assert (obs.service, obs.proto, obs.family, obs.method, obs.local) == (
+        "unit",
+        "udp",
+        "ipv6",
+        "bind",
+        ("::", 9, 0, 0),
+    )
     assert obs.host == socket.gethostname()
     reporter.close()
     pull.close()
