@@ -119,7 +119,7 @@ def test_malformed_packets_raise_exact_errors(data: bytes, error: str) -> None:
 
 def test_bad_fingerprint_is_rejected() -> None:
     damaged = SAMPLE_IPV4_RESPONSE[:-1] + bytes([SAMPLE_IPV4_RESPONSE[-1] ^ 1])
-    with pytest.raises(ValueError, match="^STUN fingerprint does not match$"):
+    with pytest.raises(ValueError, match=r"^STUN fingerprint does not match$"):
         stun.unpack_message(damaged)
 
 
