@@ -1,5 +1,8 @@
 """client: looks echo up in the registry, then runs its scenarios and reports both of its names.
 
+Every scenario reports its getsockname last, carrying the scenario's name: its arrival tells the
+collector the client's end of the flow is complete.
+
 Scenarios, for each address family echo registered from:
   tcp        connect() from an ephemeral port
   tcp-bound  bind() to an explicit source port, then connect()
@@ -85,8 +88,8 @@ def run_stream(reporter: Reporter, target: Target, bind_port: int | None = None)
         reflexive = read_reflexive(reply, flow)
         local, remote = sock.getsockname(), sock.getpeername()
         extra = {"scenario": target.scenario, "reflexive": reply.get("peer")}
-        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
+        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         echoed = bytearray()
         while chunk := sock.recv(65536):
             echoed += chunk
@@ -108,8 +111,8 @@ def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
         reflexive = read_reflexive(reply, flow)
         local, remote = sock.getsockname(), sock.getpeername()
         extra = {"scenario": target.scenario, "reflexive": reply.get("peer")}
-        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
+        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
     return Outcome(flow, target.scenario, local, remote, reflexive)
 
 

@@ -23,6 +23,7 @@ import zmq
 
 from services.flows import join_flows
 from shared.config import load_config
+from shared.framing import unpack_map
 from shared.record import Observation, pack_observation, unpack_observation
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,7 @@ class Collector:
     def answer(self, raw: bytes) -> dict[str, Any]:
         """Answer one query; a bad query gets an error reply, never silence."""
         try:
-            query = msgpack.unpackb(raw, raw=False)
-            if not isinstance(query, dict):
-                raise ValueError(f"query is a {type(query).__name__}, not a map")
+            query = unpack_map(raw, "query")
             op = query.get("op")
             if op == "ping":
                 return {"ok": True, "records": len(self.observations)}
@@ -128,7 +127,7 @@ class Collector:
                 records = [o for o in self.observations if flow is None or o.flow == flow]
                 return {"ok": True, "records": [record_to_wire(o) for o in records]}
             raise ValueError(f"unknown op {op!r}")
-        except (ValueError, msgpack.UnpackException) as exc:
+        except ValueError as exc:
             self.bad_queries += 1
             log.warning("bad query: %s", exc)
             return {"ok": False, "error": str(exc)}

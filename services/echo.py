@@ -26,9 +26,8 @@ import zmq
 
 from services.registry import register
 from shared.config import load_config
-from shared.framing import FrameBuffer, pack_frame
+from shared.framing import pack_frame, unpack_map
 from shared.names import (
-    Name,
     arrival_address,
     create_dual_stack_socket,
     enable_pktinfo,
@@ -38,6 +37,7 @@ from shared.names import (
 )
 from shared.record import Role
 from shared.reporter import Reporter
+from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,9 @@ MAX_DATAGRAM = 65535
 
 
 @dataclass
-class StreamConn:
-    """One accepted stream: its names from accept() and what is still to be said or echoed."""
+class StreamConn(AcceptedStream):
+    """One accepted stream and what is still to be echoed."""
 
-    sock: socket.socket
-    accepted_from: Name
-    frames: FrameBuffer = field(default_factory=FrameBuffer)
-    flow: str | None = None
     pending: bytearray = field(default_factory=bytearray)
     remaining: int | None = None
 
@@ -215,21 +211,14 @@ class EchoServer:
 
     def close(self) -> None:
         """Close every socket."""
-        for key in list(self.selector.get_map().values()):
-            self.selector.unregister(key.fileobj)
-            key.fileobj.close()  # type: ignore[union-attr]
+        close_all(self.selector)
         for sock in self.listeners():
             sock.close()
 
 
 def unpack_datagram(data: bytes) -> dict[str, Any]:
     """Check one echo datagram: a msgpack map with a flow id and bytes."""
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ValueError(f"datagram is not msgpack: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"datagram is a {type(obj).__name__}, not a map")
+    obj = unpack_map(data, "datagram")
     if not isinstance(obj.get("flow"), str) or not obj["flow"]:
         raise ValueError("datagram has no flow id")
     if not isinstance(obj.get("data"), bytes):

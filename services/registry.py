@@ -31,10 +31,11 @@ import zmq
 
 from services.stun_server import StunResponder
 from shared.config import load_config
-from shared.framing import FrameBuffer, pack_frame, recv_frame
+from shared.framing import pack_frame, recv_frame
 from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport, unmap_host
 from shared.record import Role
 from shared.reporter import Reporter
+from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ class Registration:
             "ports": self.ports,
             "time": self.time,
         }
-
-
-@dataclass
-class RequestConn:
-    sock: socket.socket
-    accepted_from: Name
-    frames: FrameBuffer = field(default_factory=FrameBuffer)
-    flow: str | None = None
 
 
 class RegistryServer:
@@ -103,9 +96,7 @@ class RegistryServer:
 
     def close(self) -> None:
         """Close every socket the registry holds."""
-        for key in list(self.selector.get_map().values()):
-            self.selector.unregister(key.fileobj)
-            key.fileobj.close()  # type: ignore[union-attr]
+        close_all(self.selector)
 
     def all_stats(self) -> dict[str, int]:
         """Registry and STUN counters together."""
@@ -118,10 +109,10 @@ class RegistryServer:
             log.warning("accept failed: %s", exc)
             return
         sock.setblocking(False)
-        conn = RequestConn(sock, addr)
+        conn = AcceptedStream(sock, addr)
         self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.handle_request_stream, conn))
 
-    def handle_request_stream(self, conn: RequestConn) -> None:
+    def handle_request_stream(self, conn: AcceptedStream) -> None:
         """Serve every whole request that arrived; garbage closes only this connection."""
         try:
             data = conn.sock.recv(65536)
@@ -142,11 +133,11 @@ class RegistryServer:
             log.info("stream from %s failed: %s", conn.accepted_from, exc)
             self.close_stream(conn)
 
-    def close_stream(self, conn: RequestConn) -> None:
+    def close_stream(self, conn: AcceptedStream) -> None:
         self.selector.unregister(conn.sock)
         conn.sock.close()
 
-    def answer(self, conn: RequestConn, frame: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:
         """Reply to one request; a bad request is counted and answered with an error."""
         try:
             return self.serve_request(conn, frame)
@@ -158,7 +149,7 @@ class RegistryServer:
             )
             return {"ok": False, "error": str(exc)}
 
-    def serve_request(self, conn: RequestConn, frame: dict[str, Any]) -> dict[str, Any]:
+    def serve_request(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:
         op = frame.get("op")
         flow = frame.get("flow")
         if not isinstance(flow, str) or not flow:
@@ -190,7 +181,7 @@ class RegistryServer:
             return {"ok": True, "stats": self.all_stats()}
         raise ValueError(f"unknown op {op!r}")
 
-    def observe_requester(self, conn: RequestConn) -> None:
+    def observe_requester(self, conn: AcceptedStream) -> None:
         """Report the accepted socket's names under the flow its first request named."""
         sock, flow = conn.sock, conn.flow
         self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
@@ -220,8 +211,8 @@ def request(
         reporter.observe(sock, "connect", flow, Role.CLIENT, remote=address)
         local, peer = sock.getsockname(), sock.getpeername()
         scenario = f"registry-{payload.get('op')}"
-        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=peer)
+        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
         sock.sendall(pack_frame({**payload, "flow": flow, "reported": name_to_wire(local)}))
         reply = recv_frame(sock)
     if not reply.get("ok"):

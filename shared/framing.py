@@ -23,14 +23,14 @@ def pack_frame(obj: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def unpack_body(body: bytes) -> dict[str, Any]:
-    """Decode one frame's body; anything but a msgpack map raises ValueError."""
+def unpack_map(data: bytes, what: str) -> dict[str, Any]:
+    """Decode bytes that must hold one msgpack map; anything else raises ValueError naming `what`."""
     try:
-        obj = msgpack.unpackb(body, raw=False)
+        obj = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ValueError(f"frame is not msgpack: {exc}") from None
+        raise ValueError(f"{what} is not msgpack: {exc}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"frame is a {type(obj).__name__}, not a map")
+        raise ValueError(f"{what} is a {type(obj).__name__}, not a map")
     return obj
 
 
@@ -55,7 +55,7 @@ class FrameBuffer:
             return None
         body = bytes(self._buf[HEADER.size : HEADER.size + length])
         del self._buf[: HEADER.size + length]
-        return unpack_body(body)
+        return unpack_map(body, "frame")
 
     def take_rest(self) -> bytes:
         """Hand over bytes that followed the last frame (raw echo data after the hello)."""
@@ -80,4 +80,4 @@ def recv_frame(sock: socket.socket) -> dict[str, Any]:
     (length,) = HEADER.unpack(recvall(sock, HEADER.size))
     if length > MAX_FRAME:
         raise ValueError(f"frame length {length} exceeds {MAX_FRAME}")
-    return unpack_body(recvall(sock, length))
+    return unpack_map(recvall(sock, length), "frame")

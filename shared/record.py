@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from shared.framing import unpack_map
 from shared.names import Name, name_from_wire, name_to_wire
 
 SCHEMA_VERSION = 1
@@ -104,12 +105,7 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
 
 def unpack_observation(data: bytes) -> Observation:
     """Decode and check a record; anything malformed raises ValueError saying what is wrong."""
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ValueError(f"record is not msgpack: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"record is a {type(obj).__name__}, not a map")
+    obj = unpack_map(data, "record")
     version = _field(obj, "v", int)
     if version != SCHEMA_VERSION:
         raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}")

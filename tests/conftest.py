@@ -69,11 +69,12 @@ class LiveCollector:
         return wait_until(lambda: self.collector.report()["natchecks"], "a natcheck result")  # type: ignore[no-any-return]
 
     def wait_for_flow(self, flow_id: str, both_ends: bool = True) -> Flow:
-        """Poll until a flow is joined (both ends reported, unless told otherwise)."""
+        """Poll until a flow is joined: both ends reported and the client's closing record is in."""
 
         def find() -> Flow | None:
             for flow in join_flows(list(self.collector.observations)):
-                if flow.flow == flow_id and (not both_ends or flow.verdict != FlowVerdict.UNMATCHED):
+                complete = flow.verdict != FlowVerdict.UNMATCHED and flow.client and "scenario" in flow.client.extra
+                if flow.flow == flow_id and (not both_ends or complete):
                     return flow
             return None
 

@@ -158,12 +158,13 @@ class Stack:
         return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
 
     def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> dict[str, Any]:
-        """Poll the collector until a flow has been joined (both ends reported), then return it."""
+        """Poll the collector until a flow is joined: both ends and the client's closing record (its scenario)."""
         return wait_for(lambda: self.find_flow(flow_id, both_ends), f"flow {flow_id} in the collector", timeout)
 
     def find_flow(self, flow_id: str, both_ends: bool) -> dict[str, Any] | None:
         for flow in self.query("report")["flows"]:
-            if flow["flow"] == flow_id and (not both_ends or flow["verdict"] != "unmatched"):
+            complete = flow["verdict"] != "unmatched" and flow["scenario"] is not None
+            if flow["flow"] == flow_id and (not both_ends or complete):
                 return flow  # type: ignore[no-any-return]
         return None
 
