@@ -119,10 +119,7 @@ class EchoServer:
             self.flush_stream(conn)
         except ValueError as exc:
             self.stats["rejected"] += 1
-            log.warning("rejected stream from %s: %s", conn.accepted_from, exc)
-            self.reporter.observe(
-                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
-            )
+            self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
             self.close_stream(conn)
         except OSError as exc:
             self.stats["errors"] += 1
@@ -193,8 +190,7 @@ class EchoServer:
             request = unpack_datagram(data)
         except ValueError as exc:
             self.stats["rejected"] += 1
-            log.warning("rejected datagram from %s: %s", addr, exc)
-            self.reporter.observe(self.udp, "recvmsg", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
+            self.reporter.reject(self.udp, "recvmsg", addr, exc)
             return
         flow = request["flow"]
         arrived = arrival_address(ancdata)

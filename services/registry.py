@@ -124,10 +124,7 @@ class RegistryServer:
                 conn.sock.sendall(pack_frame(self.answer(conn, frame)))
         except ValueError as exc:
             self.stats["rejected"] += 1
-            log.warning("rejected stream from %s: %s", conn.accepted_from, exc)
-            self.reporter.observe(
-                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
-            )
+            self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
             self.close_stream(conn)
         except OSError as exc:
             log.info("stream from %s failed: %s", conn.accepted_from, exc)
@@ -143,10 +140,7 @@ class RegistryServer:
             return self.serve_request(conn, frame)
         except (ValueError, KeyError, TypeError) as exc:
             self.stats["bad_requests"] += 1
-            log.warning("bad request from %s: %s", conn.accepted_from, exc)
-            self.reporter.observe(
-                conn.sock, "accept", None, Role.SERVER, remote=conn.accepted_from, extra={"rejected": str(exc)}
-            )
+            self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
             return {"ok": False, "error": str(exc)}
 
     def serve_request(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:

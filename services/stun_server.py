@@ -89,8 +89,7 @@ class StunResponder:
                 raise ValueError("STUN message is not a Binding request")
         except ValueError as exc:
             self.stats["stun_rejected"] += 1
-            log.warning("rejected STUN packet from %s: %s", addr, exc)
-            self.reporter.observe(sock, "recvfrom", None, Role.SERVER, remote=addr, extra={"rejected": str(exc)})
+            self.reporter.reject(sock, "recvfrom", addr, exc)
             return
         flow = stun_flow_id(request.transaction_id)
         self.reporter.observe(sock, "recvfrom", flow, Role.SERVER, local=sock.getsockname(), remote=addr)

@@ -73,6 +73,11 @@ class Reporter:
             )
         )
 
+    def reject(self, sock: socket.socket, method: str, remote: Name, reason: Exception) -> None:
+        """Log input a parser refused and report who sent it, so the collector counts it per service."""
+        log.warning("%s rejected %s input from %s: %s", self.service, method, remote, reason)
+        self.observe(sock, method, None, Role.SERVER, remote=remote, extra={"rejected": str(reason)})
+
     def close(self) -> None:
         """Give queued records a moment to leave, then close."""
         self._push.close()
