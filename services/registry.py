@@ -39,6 +39,8 @@ from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
 
+OPS = ("register", "lookup", "list", "stats")
+
 
 @dataclass
 class Registration:
@@ -151,6 +153,8 @@ class RegistryServer:
         if conn.flow is None:
             conn.flow = flow
             self.observe_requester(conn)
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}")
         self.stats[f"op_{op}"] += 1
         if op == "register":
             name = frame["name"]
@@ -171,9 +175,7 @@ class RegistryServer:
             return {"ok": True, "registrations": found}
         if op == "list":
             return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
-        if op == "stats":
-            return {"ok": True, "stats": self.all_stats()}
-        raise ValueError(f"unknown op {op!r}")
+        return {"ok": True, "stats": self.all_stats()}
 
     def observe_requester(self, conn: AcceptedStream) -> None:
         """Report the accepted socket's names under the flow its first request named."""
