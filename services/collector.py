@@ -10,18 +10,21 @@ replays the store and loses nothing stored.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import struct
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgpack
 import zmq
 
 from services.flows import join_flows
+from services.report import render_page
 from shared.config import load_config
 from shared.framing import unpack_map
 from shared.record import Observation, pack_observation, unpack_observation
@@ -163,6 +166,38 @@ def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, s
         rep.close(linger=0)
 
 
+class ReportPage(BaseHTTPRequestHandler):
+    """The live page for people (/) and the same report as JSON (/report.json)."""
+
+    collector: Collector
+
+    def do_GET(self) -> None:
+        report = self.collector.report()
+        if self.path == "/report.json":
+            body, kind = json.dumps(report).encode(), "application/json"
+        elif self.path == "/":
+            body, kind = render_page(report).encode(), "text/html; charset=utf-8"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+def serve_page(collector: Collector, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the live page from a thread of its own; the ingest loop never waits on a browser."""
+    handler = type("Page", (ReportPage,), {"collector": collector})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the collector."""
     cfg = load_config("collector")
@@ -172,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     store = Store(args.store)
     collector = Collector(store)
     context = zmq.Context()
-    log.info("collector ingesting on %d, answering on %d", cfg.ingest_port, cfg.query_port)
+    serve_page(collector, "", cfg.http_port)
+    log.info("collector ingesting on %d, answering on %d, page on %d", cfg.ingest_port, cfg.query_port, cfg.http_port)
     try:
         serve(collector, context, f"tcp://*:{cfg.ingest_port}", f"tcp://*:{cfg.query_port}", threading.Event())
     finally:

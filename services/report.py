@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
 import time
@@ -72,6 +73,41 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("service_rejects"):
         lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report["service_rejects"].items()))
     return "\n".join(lines)
+
+
+PAGE_STYLE = (
+    "body{font:14px monospace;margin:1em}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left}"
+    "tr:nth-child(even){background:#f4f4f4}.direct{color:#070}.snat,.dnat{color:#a50}.proxied{color:#a0a}"
+    ".unmatched{color:#999}"
+)
+
+
+def render_page(report: dict[str, Any], refresh: int = 2) -> str:
+    """The report as a page that reloads itself: every name from the records is escaped."""
+    rows = []
+    for flow in report["flows"]:
+        client, server = flow["client"] or {}, flow["server"] or {}
+        cells = [
+            flow["scenario"] or flow["proto"],
+            f"{client.get('service', '?')} -> {server.get('service', '?')}",
+            f"{show(client.get('sockname'))} -> {show(client.get('peername'))}" if client else "-",
+            f"{show(server.get('peername'))} -> {show(server.get('sockname'))}" if server else "-",
+        ]
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        verdict = html.escape(describe_verdict(flow))
+        rows.append(f'<tr>{tds}<td class="{html.escape(flow["verdict"])}">{verdict}</td></tr>')
+    checks = "".join(
+        f"<li>{html.escape(c['service'])}: {html.escape(c['mapping'])} mapping, {html.escape(c['filtering'])} "
+        f"filtering, mapped to {html.escape(show(c['mapped_address']))}</li>"
+        for c in report.get("natchecks", [])
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("scenario", "client -> server", "client sees", "server sees", "verdict"))
+    return (
+        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
+        f"<title>socklab</title><style>{PAGE_STYLE}</style><h1>socklab: both ends of every flow</h1>"
+        f"<p>{report['records']} records, {report['rejected']} rejected</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table><ul>{checks}</ul>"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@
 | SOCKLAB_STORE       | /var/lib/socklab/records.bin | collector's append-only store                    |
 | SOCKLAB_INGEST_PORT | 5555                       | collector's PULL port                              |
 | SOCKLAB_QUERY_PORT  | 5556                       | collector's REP port                               |
+| SOCKLAB_HTTP_PORT   | 8080                       | collector's live page (/ and /report.json)         |
 | SOCKLAB_BIND_PORT   | 47000                      | the client's explicit source port (tcp-bound)      |
 """
 
@@ -42,6 +43,7 @@ class Config:
     store: str
     ingest_port: int
     query_port: int
+    http_port: int
     bind_port: int
 
 
@@ -62,5 +64,6 @@ def load_config(service: str, env: Mapping[str, str] | None = None) -> Config:
         store=env.get("SOCKLAB_STORE", "/var/lib/socklab/records.bin"),
         ingest_port=int(env.get("SOCKLAB_INGEST_PORT", "5555")),
         query_port=int(env.get("SOCKLAB_QUERY_PORT", "5556")),
+        http_port=int(env.get("SOCKLAB_HTTP_PORT", "8080")),
         bind_port=int(env.get("SOCKLAB_BIND_PORT", "47000")),
     )

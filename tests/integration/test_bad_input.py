@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import pytest
 
@@ -82,3 +83,13 @@ def test_collector_restart_loses_nothing_stored(stack: Stack) -> None:
     after = wait_for(lambda: stack.try_query("report"), "the collector to answer after its restart", 30)
     assert after["records"] >= before["records"]
     assert {f["flow"] for f in before["flows"]} <= {f["flow"] for f in after["flows"]}
+
+
+def test_live_page_shows_the_same_flows(stack: Stack) -> None:
+    [outcome] = stack.run_client("client-wan", "--scenario", "udp", "--echo", f"{stack.ip('echo', 'wan')}:7007")
+    stack.wait_for_flow(outcome["flow"])
+    base = f"http://127.0.0.1:{stack.published_port('collector', '8080/tcp')}"
+    served = json.loads(urllib.request.urlopen(f"{base}/report.json", timeout=5).read())
+    assert outcome["flow"] in {f["flow"] for f in served["flows"]}
+    page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
+    assert 'http-equiv="refresh"' in page and outcome["local"][0] in page

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 
-from services.collector import Collector, Store
+from services.collector import Collector, Store, serve_page
 from services.report import format_table, query_collector
 from shared.record import Observation, Proto, Role, pack_observation
 from shared.reporter import Reporter
@@ -84,3 +87,25 @@ def test_table_has_a_line_per_flow_with_its_verdict(tmp_path: Path) -> None:
     [line] = [row for row in table.splitlines() if "198.51.100.2:5000" in row]
     assert line.rstrip().endswith("snat, port kept")
     assert "192.168.50.20:5000 -> 198.51.100.10:7007" in line
+
+
+def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    hostile = pack_observation(
+        Observation("<script>x</script>", "h", "f2", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote="<b>")
+    )
+    for raw in [*GOOD, hostile]:
+        collector.ingest(raw)
+    server = serve_page(collector, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
+        served = json.loads(urllib.request.urlopen(f"{base}/report.json", timeout=5).read())
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}/nothing", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+    assert '<td class="snat">snat, port kept</td>' in page
+    assert served["flows"] == json.loads(json.dumps(collector.report()["flows"]))
