@@ -76,7 +76,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 PAGE_STYLE = (
-    "body{font:14px monospace;margin:1em}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left}"
+    "body{font:14px monospace;margin:1em}table{border-collapse:collapse}"
+    "td,th{padding:2px 8px;text-align:left;white-space:nowrap}"
     "tr:nth-child(even){background:#f4f4f4}.direct{color:#070}.snat,.dnat{color:#a50}.proxied{color:#a0a}"
     ".unmatched{color:#999}"
 )
