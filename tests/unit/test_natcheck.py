@@ -7,7 +7,7 @@ import pytest
 from services.natcheck import classify, format_summary, run_natcheck
 from services.registry import RegistryServer
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector
+from tests.conftest import LiveCollector, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -20,8 +20,11 @@ def test_no_nat_on_loopback(registry_server: RegistryServer, reporter: Reporter,
     assert result["mapped_address"] == result["local_address"]
     assert result["tests"][0]["response_origin"] == ["127.0.0.1", registry_server.stun_port]
     assert {t["name"] for t in result["tests"]} >= {"mapping-1 primary", "filtering-2 change address and port"}
-    [flow] = [f for f in live_collector.collector.report()["flows"] if f["client"] and f["server"]][:1]
-    assert flow["flow"].startswith("stun-")
+    def stun_flows_direct() -> bool:
+        joined = [f for f in live_collector.collector.report()["flows"] if f["client"] and f["server"]]
+        return bool(joined) and all(f["flow"].startswith("stun-") and f["verdict"] == "direct" for f in joined)
+
+    wait_until(stun_flows_direct, "every STUN transaction joined and judged direct")
     assert "mapping:        none" in format_summary(result)
 
 
