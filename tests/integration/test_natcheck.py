@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.stack import Stack, only, same_host
+from tests.integration.stack import Stack, only, same_host, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,5 +84,7 @@ def test_natcheck_classifies_router_and_matches_conntrack(stack: Stack, router_b
             test["name"],
         )
         assert [entry.reply_dst, entry.reply_dport] == test["mapped"], f"{test['name']}: conntrack disagrees"
-    natchecks = stack.query("report")["natchecks"]
-    assert natchecks and natchecks[-1]["mapping"] == result["mapping"], "the collector holds the same result"
+    wait_for(
+        lambda: any(c["mapped_address"] == result["mapped_address"] for c in stack.query("report")["natchecks"]),
+        "the collector to hold the same natcheck result",
+    )

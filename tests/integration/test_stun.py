@@ -8,7 +8,7 @@ import re
 import pytest
 
 from shared.names import endpoint
-from tests.integration.stack import Stack, same_host
+from tests.integration.stack import Stack, same_host, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_aioice_behind_nat_learns_router_wan_address(stack: Stack) -> None:
     assert host == router_wan, "the registry told aioice the router's WAN address"
     [entry] = [e for e in entries if e.src == lan_ip and e.sport == related_port and e.dst == registry]
     assert (entry.reply_dst, entry.reply_dport) == (host, port), "and the port conntrack mapped"
-    assert registry_saw(stack, host, port), "the collector holds the registry's view of the same name"
+    wait_for(lambda: registry_saw(stack, host, port), "the registry's view of the same name in the collector")
 
 
 def test_classic_rfc3489_client_learns_router_wan_address(stack: Stack) -> None:
@@ -56,4 +56,4 @@ def test_classic_rfc3489_client_learns_router_wan_address(stack: Stack) -> None:
     match = re.search(r"MappedAddress = ([\d.]+):(\d+)", output)
     assert match, f"stun (exit {code}) printed no mapped address:\n{output}"
     assert same_host(match.group(1), stack.ip("router", "wan"))
-    assert registry_saw(stack, match.group(1), int(match.group(2)))
+    wait_for(lambda: registry_saw(stack, match.group(1), int(match.group(2))), "the registry's view in the collector")

@@ -20,6 +20,7 @@ def test_no_nat_on_loopback(registry_server: RegistryServer, reporter: Reporter,
     assert result["mapped_address"] == result["local_address"]
     assert result["tests"][0]["response_origin"] == ["127.0.0.1", registry_server.stun_port]
     assert {t["name"] for t in result["tests"]} >= {"mapping-1 primary", "filtering-2 change address and port"}
+
     def stun_flows_direct() -> bool:
         joined = [f for f in live_collector.collector.report()["flows"] if f["client"] and f["server"]]
         return bool(joined) and all(f["flow"].startswith("stun-") and f["verdict"] == "direct" for f in joined)
