@@ -119,6 +119,18 @@ class Message:
         return self.cookie != MAGIC_COOKIE
 
 
+def binding_request(change: int = 0, transaction_id: bytes | None = None, cookie: int = MAGIC_COOKIE) -> Message:
+    """A Binding request, with CHANGE-REQUEST only when `change` asks for another address or port."""
+    msg = Message(Method.BINDING, Class.REQUEST, cookie=cookie)
+    if transaction_id is not None:
+        msg.transaction_id = transaction_id
+    if change & ~(CHANGE_IP | CHANGE_PORT):
+        raise ValueError(f"CHANGE-REQUEST flags must be CHANGE_IP and/or CHANGE_PORT, not {change:#x}")
+    if change:
+        msg.attributes[Attr.CHANGE_REQUEST] = change
+    return msg
+
+
 def message_type(method: int, cls: int) -> int:
     """Interleave method and class bits as RFC 8489 section 5 draws them."""
     return (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | cls

@@ -30,7 +30,7 @@ def test_direct_on_wan_matches_docker(stack: Stack) -> None:
         assert same_host(server["sockname"][0], stack.ip("echo", "wan", version))
         assert same_host(server["peername"][0], client["sockname"][0])
         assert server["peername"][1] == client["sockname"][1]
-        assert client["peername"][1] == server["sockname"][1] == 7007
+        assert client["peername"][1] == server["sockname"][1]
         assert outcome["reflexive"] == server["peername"], "echo told the client the name it saw"
 
 
