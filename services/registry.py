@@ -30,6 +30,8 @@ from typing import Any
 import zmq
 
 from services.stun_server import StunResponder
+from services.stun_server import binding_response as binding_response  # re-exported: the STUN API
+from services.stun_server import stun_flow_id as stun_flow_id  # re-exported: both ends name STUN flows
 from shared.config import load_config
 from shared.framing import pack_frame, recv_frame
 from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport, unmap_host

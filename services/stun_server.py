@@ -8,6 +8,7 @@ other pair is (OTHER-ADDRESS). CHANGE-REQUEST picks the socket the response leav
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections import Counter
@@ -44,6 +45,22 @@ def create_v6only_socket(port: int) -> socket.socket:
     return sock
 
 
+def check_addresses(addresses: tuple[str, ...], port: int, alt_port: int) -> tuple[str, str]:
+    """(primary, alternate), or ("", "") for none: RFC 5780 needs two IPv4 addresses and two ports, or nothing."""
+    if not addresses:
+        return "", ""
+    if len(addresses) != 2:
+        raise ValueError(f"STUN addresses must be two, primary,alternate: got {len(addresses)}")
+    for host in addresses:
+        if not isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address):
+            raise ValueError(f"STUN address {host!r} is not IPv4")
+    if addresses[0] == addresses[1]:
+        raise ValueError(f"STUN alternate address must differ from the primary {addresses[0]}")
+    if port and port == alt_port:
+        raise ValueError(f"STUN alternate port must differ from the primary port {port}")
+    return addresses[0], addresses[1]
+
+
 class StunResponder:
     """Owns the STUN sockets; the registry's selector loop calls handle() when one is readable."""
 
@@ -52,7 +69,7 @@ class StunResponder:
         self.stats: Counter[str] = Counter()
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.other: tuple[str, int] | None = None
-        self.primary, self.alternate = (addresses[0], addresses[1]) if len(addresses) >= 2 else ("", "")
+        self.primary, self.alternate = check_addresses(addresses, port, alt_port)
         self.v6: socket.socket | None
         if self.alternate:
             first = create_udp_socket(self.primary, port)
@@ -103,27 +120,21 @@ class StunResponder:
         self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=addr)
 
     def respond(self, sock: socket.socket, request: stun.Message, addr: Name) -> tuple[socket.socket, stun.Message]:
-        """Choose the socket the answer leaves from (CHANGE-REQUEST) and build the answer."""
+        """Choose the socket the answer leaves from (CHANGE-REQUEST) and build the answer (RFC 5780 section 6.1)."""
         unknown = [a for a in request.attributes if not isinstance(a, stun.Attr) and a < 0x8000]
         if unknown:
             return sock, error_response(request, 420, "Unknown Attribute", unknown)
         change = request.attributes.get(stun.Attr.CHANGE_REQUEST, 0)
-        if change and (self.other is None or sock is self.v6):
-            return sock, error_response(request, 400, "Bad Request: no alternate address to change to")
-        out = self.changed_socket(sock, change) if change else sock
-        response = binding_response(request, addr)
-        if self.other is not None and out is not self.v6:
-            origin = out.getsockname()
-            if request.classic:
-                response.attributes[stun.Attr.SOURCE_ADDRESS] = origin
-                response.attributes[stun.Attr.CHANGED_ADDRESS] = self.other
-            else:
-                response.attributes[stun.Attr.RESPONSE_ORIGIN] = origin
-                response.attributes[stun.Attr.OTHER_ADDRESS] = self.other
-        return out, response
+        if self.other is None or sock is self.v6:
+            if change:
+                return sock, error_response(request, 400, "Bad Request: no alternate address to change to")
+            return sock, binding_response(request, addr)
+        out = self.changed_socket(sock, change)
+        other = self.changed_socket(sock, stun.CHANGE_IP | stun.CHANGE_PORT).getsockname()
+        return out, binding_response(request, addr, origin=out.getsockname(), other=other)
 
     def changed_socket(self, sock: socket.socket, change: int) -> socket.socket:
-        """The socket on the other address and/or the other port, as CHANGE-REQUEST asks."""
+        """The socket on the other address and/or the other port of the one a request arrived at."""
         host, port = sock.getsockname()
         if change & stun.CHANGE_IP:
             host = self.alternate if host == self.primary else self.primary
@@ -132,15 +143,28 @@ class StunResponder:
         return self.sockets[(host, port)]
 
 
-def binding_response(request: stun.Message, addr: Name) -> stun.Message:
-    """The success response: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for an RFC 3489 client."""
+def binding_response(
+    request: stun.Message,
+    addr: Name,
+    *,
+    origin: tuple[str, int] | None = None,
+    other: tuple[str, int] | None = None,
+) -> stun.Message:
+    """The success response; with an alternate pair also RFC 5780's attributes (and RFC 3489's, for classic clients)."""
     assert isinstance(addr, tuple)
     mapped = (unmap_host(addr[0]), addr[1])
     response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id, cookie=request.cookie)
-    if request.classic:
+    if request.classic or other is not None:
         response.attributes[stun.Attr.MAPPED_ADDRESS] = mapped
-    else:
+    if not request.classic:
         response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
+    if request.classic and origin is not None:
+        response.attributes[stun.Attr.SOURCE_ADDRESS] = origin
+        response.attributes[stun.Attr.CHANGED_ADDRESS] = other
+    if origin is not None:
+        response.attributes[stun.Attr.RESPONSE_ORIGIN] = origin
+    if other is not None:
+        response.attributes[stun.Attr.OTHER_ADDRESS] = other
     response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
     return response
 
