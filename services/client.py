@@ -61,6 +61,7 @@ class Outcome:
 
 
 def family_of(host: str) -> int:
+    """Pick the address family a host string needs."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 

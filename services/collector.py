@@ -65,6 +65,7 @@ class Store:
             log.warning("store %s has a torn tail of %d bytes", self.path, len(data) - pos)
 
     def close(self) -> None:
+        """Close the store's file."""
         self._file.close()
 
 
@@ -172,6 +173,7 @@ class ReportPage(BaseHTTPRequestHandler):
     collector: Collector
 
     def do_GET(self) -> None:
+        """Answer / with the page and /report.json with the report."""
         report = self.collector.report()
         if self.path == "/report.json":
             body, kind = json.dumps(report).encode(), "application/json"
@@ -187,6 +189,7 @@ class ReportPage(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
+        """Keep browser polling out of the collector's log unless debugging."""
         log.debug(format, *args)
 
 

@@ -29,6 +29,8 @@ WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
 class FlowVerdict(StrEnum):
+    """What lay between the two ends of a flow."""
+
     DIRECT = "direct"
     SNAT = "snat"
     DNAT = "dnat"
@@ -48,6 +50,7 @@ class FlowEnd:
     extra: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
+        """The end as the report's JSON carries it."""
         return {
             "service": self.service,
             "host": self.host,
@@ -70,6 +73,7 @@ class Flow:
     port_preserved: bool | None
 
     def to_wire(self) -> dict[str, Any]:
+        """The flow as the report's JSON carries it."""
         return {
             "flow": self.flow,
             "proto": self.proto,
@@ -83,6 +87,7 @@ class Flow:
 
 
 def is_wildcard(name: Name | None) -> bool:
+    """Tell a wildcard bind ('0.0.0.0', '::') from a concrete name."""
     return isinstance(name, tuple) and name[0] in WILDCARD_HOSTS
 
 

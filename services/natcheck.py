@@ -102,6 +102,7 @@ class StunProbe:
         return self.exchange(packet, request.transaction_id, mapped, want=stun.Class.REQUEST) is not None
 
     def close(self) -> None:
+        """Close the probe's socket."""
         self.sock.close()
 
 

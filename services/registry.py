@@ -55,6 +55,7 @@ class Registration:
     time: float = field(default_factory=time.time)
 
     def to_wire(self) -> dict[str, Any]:
+        """The registration as lookup and list replies carry it."""
         return {
             "name": self.name,
             "reported": name_to_wire(self.reported),
@@ -107,6 +108,7 @@ class RegistryServer:
         return dict(self.stats + self.stun.stats)
 
     def accept_request_stream(self) -> None:
+        """Accept one requester; its names are reported once its first request names the flow."""
         try:
             sock, addr = self.tcp.accept()
         except OSError as exc:
@@ -135,6 +137,7 @@ class RegistryServer:
             self.close_stream(conn)
 
     def close_stream(self, conn: AcceptedStream) -> None:
+        """Forget one connection."""
         self.selector.unregister(conn.sock)
         conn.sock.close()
 
@@ -148,6 +151,7 @@ class RegistryServer:
             return {"ok": False, "error": str(exc)}
 
     def serve_request(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:
+        """Do one request; a malformed one raises ValueError, KeyError or TypeError."""
         op = frame.get("op")
         flow = frame.get("flow")
         if not isinstance(flow, str) or not flow:
@@ -188,6 +192,7 @@ class RegistryServer:
 
 
 def family_of(name: Name) -> str:
+    """Key registrations by the family the registrant really used, IPv4-mapped names counted as IPv4."""
     assert isinstance(name, tuple)
     return "ipv6" if ":" in unmap_host(name[0]) else "ipv4"
 

@@ -36,6 +36,7 @@ def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], 
 
 
 def show(name: Any) -> str:
+    """Format a name as it came over the wire."""
     return format_name(name_from_wire(name))
 
 

@@ -100,6 +100,7 @@ def chain_setup(tool: str) -> list[list[str]]:
 
 
 def chain_flush(tool: str) -> list[list[str]]:
+    """Empty socklab's chains before a new behaviour goes in."""
     return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS]
 
 
@@ -116,6 +117,7 @@ def find_wan_address(lan: str) -> str:
 
 
 def run(commands: list[list[str]]) -> None:
+    """Run iptables commands, each logged, stopping at the first failure."""
     for command in commands:
         log.info("%s", " ".join(command))
         subprocess.run(command, check=True)

@@ -41,11 +41,15 @@ METHODS = (*SEED_METHODS, "recvmsg")
 
 
 class Role(StrEnum):
+    """Which end of a flow a record speaks for."""
+
     CLIENT = "client"
     SERVER = "server"
 
 
 class Proto(StrEnum):
+    """The transport a record's socket carries."""
+
     TCP = "tcp"
     UDP = "udp"
     UNIX = "unix"

@@ -24,10 +24,14 @@ CHANGE_IP, CHANGE_PORT = 0x04, 0x02
 
 
 class Method(IntEnum):
+    """STUN methods (RFC 8489 section 18.2)."""
+
     BINDING = 0x001
 
 
 class Class(IntEnum):
+    """Message classes, already in their bit positions of the message type."""
+
     REQUEST = 0x000
     INDICATION = 0x010
     RESPONSE = 0x100
@@ -35,6 +39,8 @@ class Class(IntEnum):
 
 
 class Attr(IntEnum):
+    """Attribute types (RFC 8489, RFC 5780, and RFC 3489's classic ones)."""
+
     MAPPED_ADDRESS = 0x0001
     CHANGE_REQUEST = 0x0003
     SOURCE_ADDRESS = 0x0004
@@ -116,6 +122,7 @@ class Message:
 
     @property
     def classic(self) -> bool:
+        """An RFC 3489 message, which gets MAPPED-ADDRESS instead of XOR-MAPPED-ADDRESS."""
         return self.cookie != MAGIC_COOKIE
 
 
