@@ -28,8 +28,12 @@ json: compose ## the joined flows as JSON
 
 published: venv ## the host talks to echo's published ports: what does echo see? (moby#15086)
 	@export SOCKLAB_SERVICE=host SOCKLAB_COLLECTOR=tcp://$$($(COMPOSE) port collector 5555); \
-	  $(VENV)/bin/python -m services client --scenario tcp --echo $$($(COMPOSE) port echo 7007) && \
-	  $(VENV)/bin/python -m services client --scenario udp --echo $$($(COMPOSE) port --protocol udp echo 7007)
+	  ports=$$(docker port $$($(COMPOSE) ps -q echo)); \
+	  for proto in tcp udp; do \
+	    for echo in $$(echo "$$ports" | sed -n "s|^7007/$$proto -> ||p"); do \
+	      $(VENV)/bin/python -m services client --scenario $$proto --echo $$echo || exit 1; \
+	    done; \
+	  done
 
 natcheck: compose ## classify the NAT in front of client-lan (RFC 5780)
 	@$(COMPOSE) exec -T client-lan socklab natcheck

@@ -136,11 +136,12 @@ class Stack:
         ep = self.endpoint(service, network)
         return ep["IPAddress"] if version == 4 else ep["GlobalIPv6Address"]  # type: ignore[no-any-return]
 
-    def published_port(self, service: str, port: str) -> int:
-        """The host port Docker published a container port on (e.g. '7007/udp')."""
+    def published_port(self, service: str, port: str, host_ip: str = "127.0.0.1") -> int:
+        """The host port Docker published a container port on (e.g. '7007/udp') at a host address."""
         container = self.container(service)
         container.reload()
-        return int(container.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+        bindings = container.attrs["NetworkSettings"]["Ports"][port]
+        return int(next(b["HostPort"] for b in bindings if b["HostIp"] == host_ip))
 
     def query(self, op: str, **fields: Any) -> dict[str, Any]:
         """Ask the collector over its published REP port."""

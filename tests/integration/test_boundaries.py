@@ -16,14 +16,15 @@ from tests.integration.stack import ConntrackEntry, Stack, parse_conntrack, pars
 pytestmark = pytest.mark.integration
 
 
-def docker_proxy_for(host_port: int, proto: str) -> dict[str, str] | None:
+def docker_proxy_for(host_ip: str, host_port: int, proto: str) -> dict[str, str] | None:
     """The user-space proxy Docker runs for a published port, read from its command line, if there is one."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             args = cmdline.read_bytes().decode().split("\0")
             if args and args[0].endswith("docker-proxy"):
                 opts = dict(zip(args[1::2], args[2::2], strict=False))
-                if opts.get("-host-port") == str(host_port) and opts.get("-proto") == proto:
+                wanted = {"-host-ip": host_ip, "-host-port": str(host_port), "-proto": proto}
+                if all(opts.get(k) == v for k, v in wanted.items()):
                     return opts
     return None
 
@@ -33,28 +34,31 @@ def host_conntrack() -> list[ConntrackEntry]:
     return parse_conntrack(Path("/proc/net/nf_conntrack").read_text())
 
 
-@pytest.mark.parametrize("proto", ["tcp", "udp"])
-def test_host_to_published_port(stack: Stack, proto: str) -> None:
-    port = stack.published_port("echo", f"7007/{proto}")
+@pytest.mark.parametrize(("proto", "host"), [("tcp", "127.0.0.1"), ("udp", "127.0.0.1"), ("tcp", "::1")])
+def test_host_to_published_port(stack: Stack, proto: str, host: str) -> None:
+    port = stack.published_port("echo", f"7007/{proto}", host)
     context = zmq.Context()
     reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
     try:
         run = run_stream if proto == "tcp" else run_udp_connected
-        outcome = run(reporter, Target(f"{proto}-published", ("127.0.0.1", port)))
+        outcome = run(reporter, Target(f"{proto}-published", (host, port)))
     finally:
         reporter.close()
         context.term()
     flow = stack.wait_for_flow(outcome.flow)
     client, server = flow["client"], flow["server"]
-    assert client["sockname"][0] == client["peername"][0] == "127.0.0.1"
+    assert client["sockname"][0] == client["peername"][0] == host
     assert client["peername"][1] == port
-    proxy = docker_proxy_for(port, proto)
+    proxy = docker_proxy_for(host, port, proto)
     if proxy is not None:
         # Docker's user-space proxy accepted our connection and opened its own from the bridge gateway.
-        [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n) == proxy["-container-ip"]]
+        target = proxy["-container-ip"]
+        version = 6 if ":" in target else 4
+        [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n, version) == target]
+        gateway = stack.endpoint("echo", network)["Gateway" if version == 4 else "IPv6Gateway"]
         assert flow["verdict"] == "proxied", flow
-        assert same_host(server["sockname"][0], proxy["-container-ip"])
-        assert same_host(server["peername"][0], stack.endpoint("echo", network)["Gateway"])
+        assert same_host(server["sockname"][0], target)
+        assert same_host(server["peername"][0], gateway)
     else:
         # No proxy: the host kernel translated the packets, and its conntrack table holds the translation.
         [entry] = [e for e in host_conntrack() if e.sport == client["sockname"][1] and e.dport == port]
