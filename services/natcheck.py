@@ -1,12 +1,17 @@
 """socklab natcheck: classify the NAT in front of this host with RFC 5780's tests against the registry.
 
-Mapping (RFC 5780 section 4.3): Binding requests from one socket to the primary address, to the
-alternate address on the primary port, and to the alternate address and port; the mapped
-addresses they come back with tell endpoint-independent, address-dependent or
-address-and-port-dependent mapping ("none" when the mapped name is the socket's own).
-Filtering (section 4.4), from a fresh socket so no earlier mapping lets answers in: a request
-asking for the answer from the other address and port, then from the other port only.
-Hairpinning (section 4.5): a request sent to our own mapped address must come back to us.
+Every test runs from one UDP socket bound to the route's source address, so every mapping the NAT
+makes belongs to one concrete local name. The order keeps the filtering tests honest (RFC 5780
+section 4.4 says they are sensitive to prior state): they follow mapping test I directly, before
+mapping tests II and III send to the alternate address and open the NAT's filter for the very
+answers the filtering tests ask for.
+
+  mapping-1 primary                      the mapped address; equal to our own name: no NAT
+  filtering-2 change address and port    an answer: endpoint-independent filtering
+  filtering-3 change port                an answer: address-dependent, none: address-and-port-dependent
+  mapping-2 alternate address            same mapped address as mapping-1: endpoint-independent mapping
+  mapping-3 alternate address and port   same as mapping-2: address-dependent, else address-and-port-dependent
+  hairpin (section 4.5)                  a request sent to our own mapped address comes back to us
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from services.stun_server import stun_flow_id
+from services.registry import stun_flow_id
 from shared import stun
 from shared.config import load_config
 from shared.names import format_name, parse_hostport, route_source
@@ -32,6 +37,10 @@ from shared.reporter import Reporter
 log = logging.getLogger(__name__)
 
 BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
+UNKNOWN = "unknown"
+ANSWERS = (stun.Class.RESPONSE, stun.Class.ERROR)
+
+Address = tuple[str, int]
 
 
 @dataclass
@@ -39,45 +48,53 @@ class StunTest:
     """One transaction of the procedure, as the client saw it."""
 
     name: str
-    local: tuple[str, int]
-    destination: tuple[str, int]
-    mapped: tuple[str, int] | None = None
-    response_origin: tuple[str, int] | None = None
-    other_address: tuple[str, int] | None = None
+    local: Address
+    destination: Address
+    mapped: Address | None = None
+    source: Address | None = None
+    response_origin: Address | None = None
+    other_address: Address | None = None
+    error: tuple[int, str] | None = None
 
 
 class StunProbe:
     """One UDP socket bound to the route's source address, doing Binding transactions with retransmits."""
 
-    def __init__(self, reporter: Reporter, server: tuple[str, int], timeout: float, attempts: int) -> None:
+    def __init__(self, reporter: Reporter, server: Address, timeout: float, attempts: int) -> None:
         self.reporter, self.timeout, self.attempts = reporter, timeout, attempts
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((route_source(*server), 0))
-        self.local: tuple[str, int] = self.sock.getsockname()
+        self.local: Address = self.sock.getsockname()
         reporter.observe(self.sock, "bind", None, Role.CLIENT, local=self.local)
 
-    def transact(self, name: str, destination: tuple[str, int], change: int = 0) -> StunTest:
-        """Send a Binding request (asking for CHANGE-REQUEST `change`) and wait for its answer."""
-        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-        if change:
-            request.attributes[stun.Attr.CHANGE_REQUEST] = change
+    def transact(self, name: str, destination: Address, change: int = 0) -> StunTest:
+        """Send a Binding request (with CHANGE-REQUEST `change`) and read what its answer says."""
         test = StunTest(name, self.local, destination)
-        reply = self.exchange(stun.pack_message(request, fingerprint=True), request.transaction_id, destination)
-        if reply is not None:
-            message, _source = reply
-            test.mapped = message.attributes.get(stun.Attr.XOR_MAPPED_ADDRESS)
-            test.response_origin = message.attributes.get(stun.Attr.RESPONSE_ORIGIN)
-            test.other_address = message.attributes.get(stun.Attr.OTHER_ADDRESS)
+        answer = self.exchange(stun.binding_request(change), destination, ANSWERS)
+        if answer is None:
+            return test
+        message, test.source = answer
+        if message.cls == stun.Class.ERROR:
+            test.error = message.attributes.get(stun.Attr.ERROR_CODE, (0, "no ERROR-CODE"))
+            return test
+        attrs = message.attributes
+        test.mapped = attrs.get(stun.Attr.XOR_MAPPED_ADDRESS, attrs.get(stun.Attr.MAPPED_ADDRESS))
+        test.response_origin = attrs.get(stun.Attr.RESPONSE_ORIGIN)
+        test.other_address = attrs.get(stun.Attr.OTHER_ADDRESS)
         return test
 
     def exchange(
-        self, packet: bytes, tid: bytes, destination: tuple[str, int], want: stun.Class = stun.Class.RESPONSE
-    ) -> tuple[stun.Message, tuple[str, int]] | None:
-        """sendto, then recvfrom until a message of class `want` with our transaction id arrives."""
-        flow = stun_flow_id(tid)
-        for _ in range(self.attempts):
+        self, request: stun.Message, destination: Address, want: tuple[stun.Class, ...]
+    ) -> tuple[stun.Message, Address] | None:
+        """sendto, then recvfrom until a message of a class in `want` with our transaction id arrives."""
+        packet = stun.pack_message(request, fingerprint=True)
+        flow = stun_flow_id(request.transaction_id)
+        for attempt in range(self.attempts):
             self.sock.sendto(packet, destination)
-            self.reporter.observe(self.sock, "sendto", flow, Role.CLIENT, local=self.local, remote=destination)
+            self.reporter.observe(self.sock, "sendto", flow, Role.CLIENT, remote=destination)
+            if attempt == 0:
+                local = self.sock.getsockname()
+                self.reporter.observe(self.sock, "getsockname", flow, Role.CLIENT, local=local)
             deadline = time.monotonic() + self.timeout
             while (left := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(left)
@@ -88,98 +105,138 @@ class StunProbe:
                 try:
                     message = stun.unpack_message(data)
                 except ValueError as exc:
-                    log.info("ignored a packet from %s: %s", source, exc)
+                    log.info("ignored a packet from %s: %s", format_name(source), exc)
                     continue
-                if message.transaction_id == tid and message.cls == want:
-                    self.reporter.observe(self.sock, "recvfrom", flow, Role.CLIENT, local=self.local, remote=source)
+                if message.transaction_id == request.transaction_id and message.cls in want:
+                    self.observe_arrival(flow, message, source)
                     return message, source
         return None
 
-    def hairpin(self, mapped: tuple[str, int]) -> bool:
+    def observe_arrival(self, flow: str, message: stun.Message, source: Address) -> None:
+        """Report a recvfrom; a request arriving (our own, hairpinned) makes this socket its server end."""
+        if message.cls == stun.Class.REQUEST:
+            self.reporter.observe(self.sock, "recvfrom", flow, Role.SERVER, local=self.local, remote=source)
+        else:
+            self.reporter.observe(self.sock, "recvfrom", flow, Role.CLIENT, remote=source)
+
+    def hairpin(self, mapped: Address) -> bool:
         """Send a request to our own mapped address; receiving that very request back means hairpinning."""
-        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-        packet = stun.pack_message(request, fingerprint=True)
-        return self.exchange(packet, request.transaction_id, mapped, want=stun.Class.REQUEST) is not None
+        return self.exchange(stun.binding_request(), mapped, (stun.Class.REQUEST,)) is not None
 
     def close(self) -> None:
         """Close the probe's socket."""
         self.sock.close()
 
 
-def classify(first: tuple[str, int] | None, second: tuple[str, int] | None, third: tuple[str, int] | None) -> str:
-    """RFC 5780 section 4.3's reading of the three mapped addresses."""
-    if first is not None and first == second:
+def classify(first: Address | None, second: Address | None, third: Address | None) -> str:
+    """RFC 5780 section 4.3's reading of the three mapped addresses; a missing answer leaves it unknown."""
+    if first is None or second is None:
+        return UNKNOWN
+    if first == second:
         return BEHAVIOURS[0]
-    if second is not None and second == third:
-        return BEHAVIOURS[1]
-    return BEHAVIOURS[2]
+    if third is None:
+        return UNKNOWN
+    return BEHAVIOURS[1] if second == third else BEHAVIOURS[2]
 
 
-def run_natcheck(reporter: Reporter, server: tuple[str, int], timeout: float, attempts: int) -> dict[str, Any]:
+def check_mapping(probe: StunProbe, server: Address, first: StunTest, tests: list[StunTest]) -> str:
+    """Mapping tests II and III (section 4.3), appended to `tests`, and what they say."""
+    if first.mapped == probe.local:
+        return "none"
+    if first.other_address is None:
+        return UNKNOWN
+    other_host, other_port = first.other_address
+    second = probe.transact("mapping-2 alternate address", (other_host, server[1]))
+    tests.append(second)
+    if second.mapped is None or second.mapped == first.mapped:
+        return classify(first.mapped, second.mapped, None)
+    third = probe.transact("mapping-3 alternate address and port", (other_host, other_port))
+    tests.append(third)
+    return classify(first.mapped, second.mapped, third.mapped)
+
+
+def check_filtering(probe: StunProbe, server: Address, first: StunTest, tests: list[StunTest]) -> str:
+    """Filtering tests II and III (section 4.4), appended to `tests`: an answer means the filter let it in."""
+    if first.other_address is None:
+        return UNKNOWN
+    both = probe.transact("filtering-2 change address and port", server, stun.CHANGE_IP | stun.CHANGE_PORT)
+    tests.append(both)
+    if both.error:
+        return UNKNOWN
+    if both.mapped is not None:
+        return BEHAVIOURS[0]
+    port_only = probe.transact("filtering-3 change port", server, stun.CHANGE_PORT)
+    tests.append(port_only)
+    if port_only.error:
+        return UNKNOWN
+    return BEHAVIOURS[1] if port_only.mapped is not None else BEHAVIOURS[2]
+
+
+def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: int) -> dict[str, Any]:
     """The whole procedure; the summary is also reported to the collector."""
-    mapping_probe = StunProbe(reporter, server, timeout, attempts)
-    filtering_probe = StunProbe(reporter, server, timeout, attempts)
+    probe = StunProbe(reporter, server, timeout, attempts)
     try:
-        first = mapping_probe.transact("mapping-1 primary", server)
+        first = probe.transact("mapping-1 primary", server)
         if first.mapped is None:
-            raise TimeoutError(f"no STUN answer from {format_name(server)}")
+            said = f": error {first.error[0]} {first.error[1]}" if first.error else ""
+            raise TimeoutError(f"no STUN Binding answer from {format_name(server)}{said}")
         tests = [first]
-        local, mapped = mapping_probe.local, first.mapped
-        if mapped == local:
-            mapping = "none"
-        elif first.other_address is None:
-            mapping = "unknown: the server has no alternate address"
-        else:
-            other_host, other_port = first.other_address
-            second = mapping_probe.transact("mapping-2 alternate address", (other_host, server[1]))
-            tests.append(second)
-            third = None
-            if second.mapped != first.mapped:
-                third = mapping_probe.transact("mapping-3 alternate address and port", (other_host, other_port))
-                tests.append(third)
-            mapping = classify(first.mapped, second.mapped, third.mapped if third else None)
-        tests.append(filtering_probe.transact("filtering-1 primary", server))
-        both = filtering_probe.transact(
-            "filtering-2 change address and port", server, stun.CHANGE_IP | stun.CHANGE_PORT
-        )
-        tests.append(both)
-        if both.mapped is not None:
-            filtering = BEHAVIOURS[0]
-        else:
-            port_only = filtering_probe.transact("filtering-3 change port", server, stun.CHANGE_PORT)
-            tests.append(port_only)
-            filtering = BEHAVIOURS[1] if port_only.mapped is not None else BEHAVIOURS[2]
+        filtering = check_filtering(probe, server, first, tests)
+        mapping = check_mapping(probe, server, first, tests)
         summary = {
             "mapping": mapping,
             "filtering": filtering,
-            "port_preserved": mapped[1] == local[1],
-            "hairpin": mapping_probe.hairpin(mapped),
-            "mapped_address": list(mapped),
-            "local_address": list(local),
-            "server": list(server),
+            "port_preserved": first.mapped[1] == probe.local[1],
+            "hairpin": probe.hairpin(first.mapped),
+            "mapped_address": first.mapped,
+            "local_address": probe.local,
+            "server": server,
+            "other_address": first.other_address,
             "tests": [asdict(t) for t in tests],
         }
-        reporter.observe(mapping_probe.sock, "getsockname", None, Role.CLIENT, local=local, extra={"natcheck": summary})
-        return json.loads(json.dumps(summary))
+        result: dict[str, Any] = json.loads(json.dumps(summary))
+        extra = {"natcheck": result}
+        reporter.observe(probe.sock, "getsockname", None, Role.CLIENT, local=probe.local, extra=extra)
+        return result
     finally:
-        mapping_probe.close()
-        filtering_probe.close()
+        probe.close()
+
+
+def resolve_ipv4(server: Address) -> Address:
+    """Resolve once, so every test names one concrete address (RFC 5780's alternates are IPv4)."""
+    try:
+        address = socket.getaddrinfo(*server, socket.AF_INET, socket.SOCK_DGRAM)[0][4]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {server[0]!r} to IPv4: {exc.strerror}") from None
+    return str(address[0]), server[1]
+
+
+def show(name: list[Any] | None) -> str:
+    """A wire name for people; "-" for none."""
+    return format_name(tuple(name)) if name else "-"
 
 
 def format_summary(result: dict[str, Any]) -> str:
     """A netcheck-like summary for people."""
     lines = [
-        f"NAT check against {format_name(tuple(result['server']))}",
-        f"  local address:  {format_name(tuple(result['local_address']))}",
-        f"  mapped address: {format_name(tuple(result['mapped_address']))}",
+        f"NAT check against {show(result['server'])}",
+        f"  local address:  {show(result['local_address'])}",
+        f"  mapped address: {show(result['mapped_address'])}",
         f"  mapping:        {result['mapping']}",
         f"  filtering:      {result['filtering']}",
         f"  port preserved: {'yes' if result['port_preserved'] else 'no'}",
         f"  hairpinning:    {'yes' if result['hairpin'] else 'no'}",
     ]
+    if result["other_address"] is None:
+        lines.append("  (the server has no alternate address: set SOCKLAB_STUN_ADDRESSES on the registry)")
     for test in result["tests"]:
-        seen = format_name(tuple(test["mapped"])) if test["mapped"] else "no answer"
-        lines.append(f"    {test['name']:38} to {format_name(tuple(test['destination'])):22} -> {seen}")
+        if test["mapped"]:
+            seen = f"{show(test['mapped'])} from {show(test['source'])}"
+        elif test["error"]:
+            seen = f"error {test['error'][0]} {test['error'][1]}"
+        else:
+            seen = "no answer"
+        lines.append(f"    {test['name']:38} to {show(test['destination']):22} -> {seen}")
     return "\n".join(lines)
 
 
@@ -188,15 +245,19 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config("natcheck")
     parser = argparse.ArgumentParser(prog="socklab natcheck", description=main.__doc__)
     default_server = f"{parse_hostport(cfg.registry.split(',')[0])[0]}:{cfg.stun_port}"
-    parser.add_argument("--server", default=default_server, help="STUN server host[:port]")
-    parser.add_argument("--json", action="store_true", help="one JSON object for machines")
-    parser.add_argument("--timeout", type=float, default=0.4, help="seconds to wait for each attempt")
-    parser.add_argument("--attempts", type=int, default=3, help="sends per request before giving up")
+    parser.add_argument("--server", metavar="HOST[:PORT]", default=default_server, help="default %(default)s")
+    parser.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=0.4, help="wait per send (0.4)")
+    parser.add_argument("--attempts", metavar="N", type=int, default=3, help="sends per request (3)")
     args = parser.parse_args(argv)
+    try:
+        server = parse_hostport(args.server, cfg.stun_port)
+    except ValueError as exc:
+        parser.error(str(exc))
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
     try:
-        result = run_natcheck(reporter, parse_hostport(args.server, cfg.stun_port), args.timeout, args.attempts)
+        result = run_natcheck(reporter, resolve_ipv4(server), args.timeout, args.attempts)
     except (TimeoutError, OSError) as exc:
         sys.exit(f"natcheck: {exc}")
     finally:

@@ -65,15 +65,23 @@ def format_table(report: dict[str, Any]) -> str:
     methods = ", ".join(f"{m} {n}" for m, n in sorted(report["methods"].items()))
     lines.append("")
     lines.append(f"records {report['records']}, rejected {report['rejected']}; by method: {methods}")
-    for check in report.get("natchecks", [])[-5:]:
-        lines.append(
-            f"NAT check by {check['service']}: {check['mapping']} mapping, {check['filtering']} filtering, "
-            f"port {'kept' if check['port_preserved'] else 'changed'}, hairpin {'yes' if check['hairpin'] else 'no'}, "
-            f"mapped to {show(check['mapped_address'])}"
-        )
+    lines.extend(format_natchecks(report.get("natchecks", [])))
     if report.get("service_rejects"):
         lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report["service_rejects"].items()))
     return "\n".join(lines)
+
+
+def format_natchecks(checks: list[dict[str, Any]]) -> list[str]:
+    """The newest NAT check of each service, a line apiece, so a rerun replaces what it found before."""
+    newest = {check["service"]: check for check in checks}
+    rows = [("service", "mapping", "filtering", "port", "hairpin", "mapped address")]
+    for service, check in newest.items():
+        port = "kept" if check["port_preserved"] else "changed"
+        hairpin, mapped = "yes" if check["hairpin"] else "no", show(check["mapped_address"])
+        rows.append((service, check["mapping"], check["filtering"], port, hairpin, mapped))
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    table = ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return ["", "NAT check", *table] if newest else []
 
 
 PAGE_STYLE = (

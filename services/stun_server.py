@@ -1,9 +1,11 @@
 """The registry's STUN responder: RFC 8489 Binding, with RFC 5780's second address and port.
 
-With one address it is a single dual-stack socket on the STUN port. With a primary and an
-alternate address it binds the four (address, port) pairs RFC 5780 needs, plus an IPv6 socket on
-the primary port, and every response says where it came from (RESPONSE-ORIGIN) and where the
-other pair is (OTHER-ADDRESS). CHANGE-REQUEST picks the socket the response leaves from.
+With no addresses configured it is a single dual-stack socket on the STUN port. With a primary and
+an alternate IPv4 address it binds the four (address, port) pairs RFC 5780 needs, plus an IPv6
+socket (IPV6_V6ONLY) on the primary port; every IPv4 response then says where it came from
+(RESPONSE-ORIGIN) and where the other pair is (OTHER-ADDRESS, relative to the name the request
+reached), and CHANGE-REQUEST picks the socket the response leaves from. Where there is nothing to
+change to (no alternate, or IPv6) a CHANGE-REQUEST gets a 420 listing it, as RFC 5780 section 6 says.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def create_v6only_socket(port: int) -> socket.socket:
 
 
 def check_addresses(addresses: tuple[str, ...], port: int, alt_port: int) -> tuple[str, str]:
-    """(primary, alternate), or ("", "") for none: RFC 5780 needs two IPv4 addresses and two ports, or nothing."""
+    """RFC 5780 needs two IPv4 addresses and two ports, or none at all ("", "")."""
     if not addresses:
         return "", ""
     if len(addresses) != 2:
@@ -68,7 +70,6 @@ class StunResponder:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
         self.sockets: dict[tuple[str, int], socket.socket] = {}
-        self.other: tuple[str, int] | None = None
         self.primary, self.alternate = check_addresses(addresses, port, alt_port)
         self.v6: socket.socket | None
         if self.alternate:
@@ -81,7 +82,6 @@ class StunResponder:
                 (self.alternate, self.port): create_udp_socket(self.alternate, self.port),
                 (self.alternate, self.alt_port): create_udp_socket(self.alternate, self.alt_port),
             }
-            self.other = (self.alternate, self.alt_port)
             self.v6 = create_v6only_socket(self.port)
         else:
             self.v6 = create_dual_stack_socket(socket.SOCK_DGRAM, port)
@@ -120,14 +120,14 @@ class StunResponder:
         self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=addr)
 
     def respond(self, sock: socket.socket, request: stun.Message, addr: Name) -> tuple[socket.socket, stun.Message]:
-        """Choose the socket the answer leaves from (CHANGE-REQUEST) and build the answer (RFC 5780 section 6.1)."""
+        """Choose the socket the answer leaves from (CHANGE-REQUEST) and build it (RFC 5780 section 6.1)."""
         unknown = [a for a in request.attributes if not isinstance(a, stun.Attr) and a < 0x8000]
         if unknown:
             return sock, error_response(request, 420, "Unknown Attribute", unknown)
         change = request.attributes.get(stun.Attr.CHANGE_REQUEST, 0)
-        if self.other is None or sock is self.v6:
+        if not self.alternate or sock is self.v6:
             if change:
-                return sock, error_response(request, 400, "Bad Request: no alternate address to change to")
+                return sock, error_response(request, 420, "Unknown Attribute", [stun.Attr.CHANGE_REQUEST])
             return sock, binding_response(request, addr)
         out = self.changed_socket(sock, change)
         other = self.changed_socket(sock, stun.CHANGE_IP | stun.CHANGE_PORT).getsockname()
@@ -150,22 +150,26 @@ def binding_response(
     origin: tuple[str, int] | None = None,
     other: tuple[str, int] | None = None,
 ) -> stun.Message:
-    """The success response; with an alternate pair also RFC 5780's attributes (and RFC 3489's, for classic clients)."""
+    """The success response; with two addresses also RFC 5780's attributes (and RFC 3489's, for classic)."""
     assert isinstance(addr, tuple)
     mapped = (unmap_host(addr[0]), addr[1])
     response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id, cookie=request.cookie)
-    if request.classic or other is not None:
-        response.attributes[stun.Attr.MAPPED_ADDRESS] = mapped
-    if not request.classic:
-        response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
-    if request.classic and origin is not None:
-        response.attributes[stun.Attr.SOURCE_ADDRESS] = origin
-        response.attributes[stun.Attr.CHANGED_ADDRESS] = other
+    attrs = response.attributes
+    if request.classic:
+        attrs[stun.Attr.MAPPED_ADDRESS] = mapped
+        if origin is not None:
+            attrs[stun.Attr.SOURCE_ADDRESS] = origin
+        if other is not None:
+            attrs[stun.Attr.CHANGED_ADDRESS] = other
+    else:
+        if other is not None:
+            attrs[stun.Attr.MAPPED_ADDRESS] = mapped  # RFC 5780 section 6.1 asks for both forms
+        attrs[stun.Attr.XOR_MAPPED_ADDRESS] = mapped
     if origin is not None:
-        response.attributes[stun.Attr.RESPONSE_ORIGIN] = origin
+        attrs[stun.Attr.RESPONSE_ORIGIN] = origin
     if other is not None:
-        response.attributes[stun.Attr.OTHER_ADDRESS] = other
-    response.attributes[stun.Attr.SOFTWARE] = SOFTWARE
+        attrs[stun.Attr.OTHER_ADDRESS] = other
+    attrs[stun.Attr.SOFTWARE] = SOFTWARE
     return response
 
 

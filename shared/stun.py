@@ -126,13 +126,11 @@ class Message:
         return self.cookie != MAGIC_COOKIE
 
 
-def binding_request(change: int = 0, transaction_id: bytes | None = None, cookie: int = MAGIC_COOKIE) -> Message:
-    """A Binding request, with CHANGE-REQUEST only when `change` asks for another address or port."""
-    msg = Message(Method.BINDING, Class.REQUEST, cookie=cookie)
-    if transaction_id is not None:
-        msg.transaction_id = transaction_id
+def binding_request(change: int = 0, transaction_id: bytes | None = None) -> Message:
+    """A Binding request; `change` (CHANGE_IP, CHANGE_PORT) asks RFC 5780 for an answer from elsewhere."""
     if change & ~(CHANGE_IP | CHANGE_PORT):
         raise ValueError(f"CHANGE-REQUEST flags must be CHANGE_IP and/or CHANGE_PORT, not {change:#x}")
+    msg = Message(Method.BINDING, Class.REQUEST, transaction_id or os.urandom(12))
     if change:
         msg.attributes[Attr.CHANGE_REQUEST] = change
     return msg

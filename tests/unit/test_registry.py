@@ -113,7 +113,7 @@ def test_classic_rfc3489_request_gets_mapped_address(registry_server: RegistrySe
     assert response.attributes[stun.Attr.CHANGED_ADDRESS] == ("127.0.0.2", registry_server.stun.alt_port)
 
 
-def test_change_request_without_alternate_is_a_400(reporter: Reporter, udp: socket.socket) -> None:
+def test_change_request_without_alternate_is_a_420(reporter: Reporter, udp: socket.socket) -> None:
     server = RegistryServer(reporter, 0, 0)
     halt = run_in_thread(server.serve)
     try:
@@ -122,7 +122,8 @@ def test_change_request_without_alternate_is_a_400(reporter: Reporter, udp: sock
         halt()
         server.close()
     assert response.cls == stun.Class.ERROR
-    assert response.attributes[stun.Attr.ERROR_CODE][0] == 400
+    assert response.attributes[stun.Attr.ERROR_CODE][0] == 420
+    assert response.attributes[stun.Attr.UNKNOWN_ATTRIBUTES] == [stun.Attr.CHANGE_REQUEST]
 
 
 def test_unknown_comprehension_required_attribute_is_a_420(registry_server: RegistryServer, udp: socket.socket) -> None:
