@@ -27,6 +27,7 @@ from services.flows import join_flows
 from services.report import render_page
 from shared.config import load_config
 from shared.framing import unpack_map
+from shared.names import json_name
 from shared.record import Observation, pack_observation, unpack_observation
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Store:
         self._file.flush()
 
     def replay(self) -> Iterator[bytes]:
-        """Yield every whole record stored; a torn tail from a crash is reported and skipped."""
+        """Yield every whole record stored; a torn tail from a crash is reported and cut off."""
         with open(self.path, "rb") as f:
             data = f.read()
         pos = 0
@@ -62,7 +63,8 @@ class Store:
             yield data[pos + STORE_HEADER.size : end]
             pos = end
         if pos != len(data):
-            log.warning("store %s has a torn tail of %d bytes", self.path, len(data) - pos)
+            log.warning("store %s has a torn tail of %d bytes, cut off", self.path, len(data) - pos)
+            os.truncate(self.path, pos)  # else records appended after it would be swallowed by its length
 
     def close(self) -> None:
         """Close the store's file."""
@@ -105,7 +107,7 @@ class Collector:
             drops[obs.service] = max(drops.get(obs.service, 0), obs.drops)
             if "rejected" in obs.extra:
                 rejects[obs.service] += 1
-            if "natcheck" in obs.extra:
+            if is_natcheck(obs.extra.get("natcheck")):
                 natchecks.append({"service": obs.service, "host": obs.host, "time": obs.time, **obs.extra["natcheck"]})
         return {
             "flows": [flow.to_wire() for flow in join_flows(self.observations)],
@@ -135,6 +137,14 @@ class Collector:
             self.bad_queries += 1
             log.warning("bad query: %s", exc)
             return {"ok": False, "error": str(exc)}
+
+
+NATCHECK_KEYS = {"mapping", "filtering", "port_preserved", "hairpin", "mapped_address"}
+
+
+def is_natcheck(value: object) -> bool:
+    """Whether a record's extra carries a whole natcheck summary (a bad one must not break reports)."""
+    return isinstance(value, dict) and value.keys() >= NATCHECK_KEYS
 
 
 def record_to_wire(obs: Observation) -> dict[str, Any]:
@@ -176,7 +186,7 @@ class ReportPage(BaseHTTPRequestHandler):
         """Answer / with the page and /report.json with the report."""
         report = self.collector.report()
         if self.path == "/report.json":
-            body, kind = json.dumps(report).encode(), "application/json"
+            body, kind = json.dumps(report, default=json_name).encode(), "application/json"
         elif self.path == "/":
             body, kind = render_page(report).encode(), "text/html; charset=utf-8"
         else:

@@ -127,12 +127,14 @@ class EchoServer:
             self.close_stream(conn)
 
     def read_stream(self, conn: StreamConn) -> bool:
-        """Take in what arrived; False at EOF."""
+        """Take in what arrived; False at EOF before a hello."""
         data = conn.sock.recv(65536)
         if not data:
             if conn.flow is None:
                 self.stats["no_hello"] += 1
-            return False
+                return False
+            conn.remaining = 0  # the client is done sending: close once everything pending is echoed
+            return True
         if conn.flow is None:
             conn.frames.feed(data)
             hello = conn.frames.next_frame()
@@ -164,13 +166,16 @@ class EchoServer:
     def flush_stream(self, conn: StreamConn) -> None:
         """Send what is pending; wait for writability instead of blocking, and stop reading when full."""
         if conn.pending:
-            sent = conn.sock.send(conn.pending)
+            try:
+                sent = conn.sock.send(conn.pending)
+            except BlockingIOError:  # the peer's window is full: wait for EVENT_WRITE below
+                sent = 0
             del conn.pending[:sent]
         if not conn.pending and conn.remaining is not None and conn.remaining <= 0:
             self.close_stream(conn)
             return
         events = selectors.EVENT_WRITE if conn.pending else 0
-        if len(conn.pending) < MAX_PENDING:
+        if len(conn.pending) < MAX_PENDING and (conn.remaining is None or conn.remaining > 0):
             events |= selectors.EVENT_READ
         self.selector.modify(conn.sock, events, conn)
 

@@ -13,7 +13,7 @@ import msgpack
 import zmq
 
 from shared.config import load_config
-from shared.names import format_name, name_from_wire
+from shared.names import format_name, json_name, name_from_wire
 
 
 def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
@@ -141,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         context.term()
     report.pop("ok")
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    print(json.dumps(report, indent=2, default=json_name) if args.json else format_table(report))

@@ -89,13 +89,22 @@ def format_name(name: Name | None) -> str:
     return f"{host}:{port}"
 
 
+def json_name(obj: object) -> str:
+    """Let json.dumps write the one name type JSON lacks: an abstract Unix name (bytes) as @name."""
+    if isinstance(obj, bytes):
+        return format_name(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
     """Read host:port or [v6]:port as given in configuration."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
             raise ValueError(f"missing ] in {text!r}")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected :port after ] in {text!r}")
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     else:

@@ -216,9 +216,7 @@ def unpack_message(data: bytes) -> Message:
     method, cls = split_type(mtype)
     attributes: dict[int, Any] = {}
     pos = HEADER_LENGTH
-    while pos < len(data):
-        if pos + ATTR_HEADER.size > len(data):
-            raise ValueError("STUN attribute header is truncated")
+    while pos < len(data):  # the length is a multiple of 4, so a whole attribute header is always there
         attr, alen = ATTR_HEADER.unpack_from(data, pos)
         start = pos + ATTR_HEADER.size
         if start + alen > len(data):

@@ -1,4 +1,4 @@
-"""The one conftest: services in-process on loopback for unit tests, the compose stack for integration tests."""
+"""The one conftest: services in-process on loopback for unit tests; the compose stack for integration."""
 
 from __future__ import annotations
 
@@ -9,19 +9,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import zmq
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from services.collector import Collector, Store, serve
 from services.echo import EchoServer
 from services.flows import Flow, FlowVerdict, join_flows
 from services.registry import RegistryServer
+from shared.record import Observation
 from shared.reporter import Reporter
-from tests.integration.stack import Stack
+
+if TYPE_CHECKING:
+    from tests.integration.stack import Stack
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+MakeReporter = Callable[[str], Reporter]
+ZmqSocket = Callable[[int], zmq.Socket]
 
 
 def free_port() -> int:
@@ -32,7 +38,7 @@ def free_port() -> int:
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    """Poll until check() is truthy; fail saying what never happened."""
+    """Poll until check() is truthy and return its value; fail saying what never happened."""
     deadline = time.monotonic() + timeout
     while not (result := check()):
         if time.monotonic() > deadline:
@@ -41,96 +47,172 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any
     return result
 
 
-def run_in_thread(serve_loop: Callable[[threading.Event], None]) -> Callable[[], None]:
-    """Start a service's serve(stop) loop; return what stops it and waits for it."""
-    stop = threading.Event()
-    thread = threading.Thread(target=serve_loop, args=(stop,), daemon=True)
-    thread.start()
+class Loops:
+    """Services' serve(stop) loops in threads, sharing one stop: the first halt stops them all at once."""
 
-    def halt() -> None:
-        stop.set()
-        thread.join(5)
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.crashed: list[BaseException] = []
 
-    return halt
+    def start(self, serve_loop: Callable[[threading.Event], None]) -> Callable[[], None]:
+        """Run a loop; return what stops it, checks it stopped, and re-raises a crash of any loop."""
+
+        def run() -> None:
+            try:
+                serve_loop(self.stop)
+            except BaseException as exc:
+                self.crashed.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            self.stop.set()
+            thread.join(5)
+            assert not thread.is_alive(), "a serve loop did not stop within 5 s"
+            if self.crashed:
+                raise self.crashed.pop()
+
+        return halt
 
 
 @dataclass
 class LiveCollector:
-    """A collector serving on loopback, and ways to read what it holds."""
+    """A collector serving on loopback, and ways to wait for what it holds."""
 
     collector: Collector
     ingest: str
     query: str
 
-    def wait_for_records(self, count: int) -> None:
-        wait_until(lambda: len(self.collector.observations) >= count, f"{count} records")
+    def records(self, flow: str | None = None) -> list[Observation]:
+        return [o for o in list(self.collector.observations) if flow is None or o.flow == flow]
 
-    def wait_for_natcheck(self) -> list[dict[str, Any]]:
-        return wait_until(lambda: self.collector.report()["natchecks"], "a natcheck result")  # type: ignore[no-any-return]
+    def wait_for_records(
+        self, match: Callable[[Observation], bool] = lambda _: True, count: int = 1, what: str = "records"
+    ) -> list[Observation]:
+        """Poll until at least `count` stored records satisfy `match`; return all that do."""
 
-    def wait_for_flow(self, flow_id: str, both_ends: bool = True) -> Flow:
-        """Poll until a flow is joined: both ends reported and the client's closing record is in."""
+        def found() -> list[Observation] | None:
+            hits = [o for o in self.records() if match(o)]
+            return hits if len(hits) >= count else None
+
+        return wait_until(found, f"{count} {what}")
+
+    def wait_for_flow(self, flow_id: str) -> Flow:
+        """Poll until a flow is joined: both ends reported and the client's closing getsockname is in."""
 
         def find() -> Flow | None:
-            for flow in join_flows(list(self.collector.observations)):
-                complete = flow.verdict != FlowVerdict.UNMATCHED and flow.client and "scenario" in flow.client.extra
-                if flow.flow == flow_id and (not both_ends or complete):
+            for flow in join_flows(self.records(flow_id)):
+                if flow.verdict != FlowVerdict.UNMATCHED and flow.client and "scenario" in flow.client.extra:
                     return flow
             return None
 
-        return wait_until(find, f"flow {flow_id}")  # type: ignore[no-any-return]
+        return wait_until(find, f"flow {flow_id} joined")
 
 
 @pytest.fixture
 def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
 
 
 @pytest.fixture
-def live_collector(tmp_path: Path, zmq_context: zmq.Context) -> Iterator[LiveCollector]:
-    """A collector on loopback with its store in tmp_path."""
+def zmq_socket(zmq_context: zmq.Context) -> Iterator[ZmqSocket]:
+    """ZeroMQ sockets of a kind, each with a 5 s receive timeout and closed at teardown."""
+    made: list[zmq.Socket] = []
+
+    def make(kind: int) -> zmq.Socket:
+        made.append(zmq_context.socket(kind))
+        made[-1].setsockopt(zmq.RCVTIMEO, 5000)
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for sock in made:
+            sock.close(linger=0)
+
+
+@pytest.fixture
+def loops() -> Loops:
+    return Loops()
+
+
+@pytest.fixture
+def live_collector(tmp_path: Path, zmq_context: zmq.Context, loops: Loops) -> Iterator[LiveCollector]:
+    """A collector on loopback in a thread, with its store in tmp_path."""
     store = Store(str(tmp_path / "records.bin"))
     collector = Collector(store)
     ingest, query = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    halt = run_in_thread(lambda stop: serve(collector, zmq_context, ingest, query, stop))
-    yield LiveCollector(collector, ingest, query)
-    halt()
-    store.close()
+    halt = loops.start(lambda stop: serve(collector, zmq_context, ingest, query, stop))
+    try:
+        yield LiveCollector(collector, ingest, query)
+    finally:
+        try:
+            halt()
+        finally:
+            store.close()
 
 
 @pytest.fixture
-def reporter(zmq_context: zmq.Context, live_collector: LiveCollector) -> Iterator[Reporter]:
-    reporter = Reporter(zmq_context, live_collector.ingest, "unit")
-    yield reporter
-    reporter.close()
+def make_reporter(zmq_context: zmq.Context, live_collector: LiveCollector) -> Iterator[MakeReporter]:
+    """Reporters pushing to the live collector, one per thread: a ZeroMQ socket must not be shared."""
+    made: list[Reporter] = []
+
+    def make(service: str) -> Reporter:
+        made.append(Reporter(zmq_context, live_collector.ingest, service))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for reporter in made:
+            reporter.close()
 
 
 @pytest.fixture
-def echo_server(reporter: Reporter, tmp_path: Path) -> Iterator[EchoServer]:
-    """echo on a loopback port, with its Unix socket in tmp_path."""
-    server = EchoServer(reporter, 0, str(tmp_path / "echo.sock"))
+def reporter(make_reporter: MakeReporter) -> Reporter:
+    """The test thread's own Reporter (service "client"), for clients the test runs."""
+    return make_reporter("client")
+
+
+@pytest.fixture
+def echo_server(make_reporter: MakeReporter, loops: Loops, tmp_path: Path) -> Iterator[EchoServer]:
+    """echo on an ephemeral dual-stack port, with its Unix socket in tmp_path and a Reporter of its own."""
+    server = EchoServer(make_reporter("echo"), 0, str(tmp_path / "echo.sock"))
     server.listen()
-    halt = run_in_thread(server.serve)
-    yield server
-    halt()
-    server.close()
+    halt = loops.start(server.serve)
+    try:
+        yield server
+    finally:
+        try:
+            halt()
+        finally:
+            server.close()
 
 
 @pytest.fixture
-def registry_server(reporter: Reporter) -> Iterator[RegistryServer]:
-    """The registry on loopback, STUN with 127.0.0.1 as primary and 127.0.0.2 as alternate address."""
-    server = RegistryServer(reporter, 0, 0, stun_addresses=("127.0.0.1", "127.0.0.2"), stun_alt_port=0)
-    halt = run_in_thread(server.serve)
-    yield server
-    halt()
-    server.close()
+def registry_server(make_reporter: MakeReporter, loops: Loops) -> Iterator[RegistryServer]:
+    """The registry on ephemeral dual-stack ports: TCP requests and one STUN socket, no RFC 5780 alternate."""
+    server = RegistryServer(make_reporter("registry"), 0, 0)
+    halt = loops.start(server.serve)
+    try:
+        yield server
+    finally:
+        try:
+            halt()
+        finally:
+            server.close()
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The whole compose stack, up once per session and always taken down."""
+    from tests.integration.stack import Stack
+
     running = Stack()
     try:
         yield running.start()

@@ -7,92 +7,174 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 import zmq
 
 from services.collector import Collector, Store, serve_page
-from services.report import format_table, query_collector
+from services.report import query_collector
 from shared.record import Observation, Proto, Role, pack_observation
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, wait_until
+from tests.conftest import LiveCollector, ZmqSocket
 
 pytestmark = pytest.mark.unit
 
 
-def observation(flow: str, role: Role, method: str, **names: object) -> bytes:
-    return pack_observation(Observation("svc", "h", flow, role, Proto.UDP, "ipv4", method, **names))  # type: ignore[arg-type]
+def observation(flow: str, role: Role, method: str, **fields: Any) -> bytes:
+    return pack_observation(Observation("svc", "h", flow, role, Proto.UDP, "ipv4", method, **fields))
 
 
 GOOD = [
-    observation("f1", Role.CLIENT, "getsockname", local=("192.168.50.20", 5000)),
+    observation("f1", Role.CLIENT, "getsockname", local=("192.168.50.20", 5000), extra={"scenario": "udp4"}),
     observation("f1", Role.CLIENT, "getpeername", remote=("198.51.100.10", 7007)),
     observation("f1", Role.SERVER, "recvmsg", local=("198.51.100.10", 7007), remote=("198.51.100.2", 5000)),
 ]
+BAD = [b"\xc1", msgpack.packb({"v": 1}), msgpack.packb([1]), b""]
 
 
-def test_bad_records_are_counted_and_not_stored(tmp_path: Path) -> None:
+def test_bad_records_are_counted_and_neither_kept_nor_stored(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.bin")
+    collector = Collector(Store(path))
+    results = [collector.ingest(raw) for raw in [BAD[0], GOOD[0], BAD[1], GOOD[1], BAD[2], BAD[3], GOOD[2]]]
+    assert results == [False, True, False, True, False, False, True]
+    assert (len(collector.observations), collector.rejected) == (3, 4)
+    assert list(collector.store.replay()) == GOOD, "the store holds exactly the accepted records"
+    collector.store.close()
+
+
+def test_report_has_flows_methods_records_rejects_and_drops(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
-    results = [collector.ingest(raw) for raw in [b"\xc1", GOOD[0], msgpack.packb({"v": 1}), GOOD[1], GOOD[2]]]
-    assert results == [False, True, False, True, True]
+    refused = observation("f2", Role.SERVER, "recvmsg", drops=7, extra={"rejected": "junk"})
+    for raw in [*GOOD, BAD[0], refused]:
+        collector.ingest(raw)
     report = collector.report()
-    assert (report["records"], report["rejected"]) == (3, 2)
-    [flow] = report["flows"]
-    assert (flow["verdict"], flow["port_preserved"]) == ("snat", True)
-    assert report["methods"] == {"getsockname": 1, "getpeername": 1, "recvmsg": 1}
+    assert (report["records"], report["rejected"]) == (4, 1)
+    assert report["methods"] == {"getsockname": 1, "getpeername": 1, "recvmsg": 2}
+    assert (report["drops"], report["service_rejects"], report["natchecks"]) == ({"svc": 7}, {"svc": 1}, [])
+    first = report["flows"][0]
+    assert (first["flow"], first["scenario"], first["verdict"]) == ("f1", "udp4", "snat")
+    assert first["port_preserved"] is True
+    assert report["flows"][1]["verdict"] == "unmatched"
+    collector.store.close()
 
 
-def test_store_replays_after_a_restart_and_skips_a_torn_tail(tmp_path: Path) -> None:
+def test_store_replays_after_a_restart_with_nothing_lost(tmp_path: Path) -> None:
     path = str(tmp_path / "r.bin")
     first = Collector(Store(path))
     for raw in GOOD:
         first.ingest(raw)
     first.store.close()
-    with open(path, "ab") as f:
-        f.write(b"\x00\x00\x01\x00partial")
     second = Collector(Store(path))
-    assert second.report()["flows"] == first.report()["flows"]
-    assert len(second.observations) == 3
+    assert second.observations == first.observations
+    assert second.report() == first.report()
+    second.store.close()
 
 
-def test_queries_over_zeromq(live_collector: LiveCollector, zmq_context: zmq.Context, reporter: Reporter) -> None:
-    assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"]
+def test_a_torn_tail_is_skipped_and_records_after_it_survive_the_next_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.bin")
+    first = Collector(Store(path))
+    first.ingest(GOOD[0])
+    first.store.close()
+    with open(path, "ab") as f:
+        f.write(b"\x00\x00\x01\x00partial")  # a crash in the middle of a 256-byte record
+    second = Collector(Store(path))
+    assert len(second.observations) == 1
+    second.ingest(GOOD[1])
+    second.store.close()
+    third = Collector(Store(path))
+    assert [o.method for o in third.observations] == ["getsockname", "getpeername"]
+    third.store.close()
+
+
+def test_queries_over_zeromq(
+    live_collector: LiveCollector,
+    zmq_context: zmq.Context,
+    reporter: Reporter,
+) -> None:
+    assert query_collector(zmq_context, live_collector.query, {"op": "ping"}) == {"ok": True, "records": 0}
     with socket.socket() as sock:
         reporter.observe(sock, "connect", "f9", Role.CLIENT, remote=("192.0.2.1", 1))
-    live_collector.wait_for_records(1)
+        reporter.observe(sock, "connect", "f8", Role.CLIENT, remote=("192.0.2.2", 2))
+    live_collector.wait_for_records(count=2)
     records = query_collector(zmq_context, live_collector.query, {"op": "records", "flow": "f9"})["records"]
-    assert [r["remote"] for r in records] == [["192.0.2.1", 1]]
-    with pytest.raises(RuntimeError, match="unknown op 'dance'"):
-        query_collector(zmq_context, live_collector.query, {"op": "dance"})
+    assert [(r["flow"], r["remote"], r["service"]) for r in records] == [("f9", ["192.0.2.1", 1], "client")]
+    assert len(query_collector(zmq_context, live_collector.query, {"op": "records"})["records"]) == 2
     report = query_collector(zmq_context, live_collector.query, {"op": "report"})
-    assert report["flows"][0]["verdict"] == "unmatched"
+    assert [(f["flow"], f["verdict"]) for f in report["flows"]] == [("f9", "unmatched"), ("f8", "unmatched")]
+    assert (report["records"], report["rejected"], report["methods"]) == (2, 0, {"connect": 2})
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        (msgpack.packb({"op": "dance"}), "unknown op 'dance'"),
+        (msgpack.packb({}), "unknown op None"),
+        (msgpack.packb(["ping"]), "query is a list, not a map"),
+        (b"\xc1", "query is not msgpack"),
+    ],
+)
+def test_a_bad_query_gets_an_error_and_the_next_is_answered(
+    live_collector: LiveCollector, zmq_context: zmq.Context, zmq_socket: ZmqSocket, query: bytes, error: str
+) -> None:
+    req = zmq_socket(zmq.REQ)
+    req.connect(live_collector.query)
+    req.send(query)
+    reply = msgpack.unpackb(req.recv(), raw=False)
+    assert reply["ok"] is False and reply["error"].startswith(error)
     assert live_collector.collector.bad_queries == 1
+    assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"]
 
 
-def test_garbage_over_zeromq_is_counted(live_collector: LiveCollector, zmq_context: zmq.Context) -> None:
-    push = zmq_context.socket(zmq.PUSH)
+def test_garbage_over_zeromq_is_counted(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
+    push = zmq_socket(zmq.PUSH)
     push.connect(live_collector.ingest)
-    push.send(b"not a record")
-    push.send(GOOD[0])
-    wait_until(lambda: live_collector.collector.rejected == 1 and live_collector.collector.observations, "ingest")
-    push.close()
+    for raw in [BAD[0], GOOD[0], BAD[1]]:
+        push.send(raw)
+    push.send(GOOD[1])  # one PUSH socket keeps order: once this is in, so are the others
+    live_collector.wait_for_records(count=2)
+    assert live_collector.collector.rejected == 2
 
 
-def test_table_has_a_line_per_flow_with_its_verdict(tmp_path: Path) -> None:
+def test_a_natcheck_extra_that_is_not_a_map_does_not_break_the_report(
+    live_collector: LiveCollector, zmq_context: zmq.Context, reporter: Reporter
+) -> None:
+    with socket.socket() as sock:
+        reporter.observe(sock, "connect", "n1", Role.CLIENT, extra={"natcheck": 1})
+    live_collector.wait_for_records()
+    report = query_collector(zmq_context, live_collector.query, {"op": "report"})
+    assert (report["records"], report["natchecks"]) == (1, [])
+
+
+def test_a_natcheck_summary_missing_keys_is_left_out(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
-    for raw in GOOD:
-        collector.ingest(raw)
-    table = format_table(collector.report())
-    [line] = [row for row in table.splitlines() if "198.51.100.2:5000" in row]
-    assert line.rstrip().endswith("snat, port kept")
-    assert "192.168.50.20:5000 -> 198.51.100.10:7007" in line
+    collector.ingest(observation("n2", Role.CLIENT, "getsockname", extra={"natcheck": {"mapping": "x"}}))
+    assert collector.report()["natchecks"] == []
+    collector.store.close()
+
+
+def test_abstract_unix_names_reach_json_as_at_names(tmp_path: Path) -> None:
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    abstract = pack_observation(
+        Observation("svc", "h", "u1", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote=b"\0socklab")
+    )
+    collector.ingest(abstract)
+    server = serve_page(collector, "127.0.0.1", 0)
+    try:
+        served = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/report.json").read())
+    finally:
+        server.shutdown()
+        server.server_close()
+        collector.store.close()
+    assert served["flows"][0]["client"]["peername"] == "@socklab"
 
 
 def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
+    script = "<script>x</script>"
     hostile = pack_observation(
-        Observation("<script>x</script>", "h", "f2", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote="<b>")
+        Observation(script, "h", "f2", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote="<b>")
     )
     for raw in [*GOOD, hostile]:
         collector.ingest(raw)
@@ -106,6 +188,7 @@ def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+        collector.store.close()
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
     assert '<td class="snat">snat, port kept</td>' in page
     assert served["flows"] == json.loads(json.dumps(collector.report()["flows"]))

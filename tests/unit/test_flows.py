@@ -6,33 +6,73 @@ from typing import Any
 
 import pytest
 
-from services.flows import FlowVerdict, join_flows
+from services.flows import FlowEnd, FlowVerdict, is_wildcard, join_flows, judge
 from shared.record import Observation, Proto, Role
 
 pytestmark = pytest.mark.unit
 
-
-def obs(role: Role, method: str, local: Any = None, remote: Any = None, flow: str = "f", **kw: Any) -> Observation:
-    family = "unix" if isinstance(local, str) or isinstance(remote, str) else "ipv4"
-    proto = Proto.UNIX if family == "unix" else Proto.TCP
-    return Observation(
-        kw.get("service", role.value), "h", flow, role, proto, family, method, local=local, remote=remote
-    )
+ME, ECHO = ("192.168.50.20", 40000), ("198.51.100.10", 7007)
+ME_MAPPED, ECHO_MAPPED = ("::ffff:192.168.50.20", 40000, 0, 0), ("::ffff:198.51.100.10", 7007, 0, 0)
 
 
-def judge(client: list[Observation], server: list[Observation]) -> tuple[FlowVerdict, bool | None]:
-    [flow] = join_flows(client + server)
-    return flow.verdict, flow.port_preserved
+def end(sockname: Any, peername: Any) -> FlowEnd:
+    return FlowEnd("svc", "h", "ipv4", sockname, peername, {})
+
+
+@pytest.mark.parametrize(
+    ("server_peer", "server_me", "verdict", "preserved"),
+    [
+        (ME, ECHO, FlowVerdict.DIRECT, True),
+        (ME_MAPPED, ECHO_MAPPED, FlowVerdict.DIRECT, True),
+        (("198.51.100.2", 40000), ECHO, FlowVerdict.SNAT, True),
+        (("::ffff:198.51.100.2", 1024, 0, 0), ECHO, FlowVerdict.SNAT, False),
+        (ME, ("10.0.0.5", 7007), FlowVerdict.DNAT, True),
+        (ME, ("198.51.100.10", 8000), FlowVerdict.DNAT, True),
+        (("172.17.0.1", 52702), ("10.0.0.5", 7007), FlowVerdict.PROXIED, False),
+        (None, ECHO, FlowVerdict.UNMATCHED, None),
+        (ME, None, FlowVerdict.UNMATCHED, None),
+    ],
+    ids=[
+        "direct",
+        "direct-mapped",
+        "snat-port-kept",
+        "snat-port-changed",
+        "dnat",
+        "dnat-port",
+        "proxied",
+        "no-peer",
+        "no-me",
+    ],
+)
+def test_judge(server_peer: Any, server_me: Any, verdict: FlowVerdict, preserved: bool | None) -> None:
+    assert judge(end(ME, ECHO), end(server_me, server_peer)) == (verdict, preserved)
+
+
+def test_a_mapped_ipv6_name_and_a_plain_ipv4_name_are_the_same_endpoint_but_real_ipv6_is_not() -> None:
+    client = end(("::ffff:192.168.50.20", 40000, 0, 0), ("::ffff:198.51.100.10", 7007, 0, 0))
+    assert judge(client, end(ECHO, ME)) == (FlowVerdict.DIRECT, True)
+    assert judge(client, end(ECHO, ("2001:db8::20", 40000, 0, 0)))[0] == FlowVerdict.SNAT
+
+
+def test_unix_paths_are_compared_as_paths_and_have_no_port() -> None:
+    assert judge(end("", "/run/e.sock"), end("/run/e.sock", "")) == (FlowVerdict.DIRECT, None)
+    assert judge(end("", "/run/e.sock"), end("/run/other.sock", ""))[0] == FlowVerdict.DNAT
+
+
+def obs(role: Role, method: str, local: Any = None, remote: Any = None, flow: Any = "f") -> Observation:
+    unix = isinstance(local, str) or isinstance(remote, str)
+    family, proto = ("unix", Proto.UNIX) if unix else ("ipv4", Proto.TCP)
+    return Observation(role.value, "h", flow, role, proto, family, method, local=local, remote=remote)
 
 
 CLIENT = [
-    obs(Role.CLIENT, "connect", remote=("198.51.100.10", 7007)),
-    obs(Role.CLIENT, "getsockname", local=("192.168.50.20", 40000)),
-    obs(Role.CLIENT, "getpeername", remote=("198.51.100.10", 7007)),
+    obs(Role.CLIENT, "connect", remote=ECHO),
+    obs(Role.CLIENT, "getsockname", local=ME),
+    obs(Role.CLIENT, "getpeername", remote=ECHO),
 ]
 
 
-def server(peer: tuple[Any, ...], me: tuple[Any, ...]) -> list[Observation]:
+def server(peer: Any, me: Any) -> list[Observation]:
     return [
         obs(Role.SERVER, "accept", remote=peer),
         obs(Role.SERVER, "getsockname", local=me),
@@ -40,53 +80,62 @@ def server(peer: tuple[Any, ...], me: tuple[Any, ...]) -> list[Observation]:
     ]
 
 
-def test_direct_when_names_match_pairwise_even_through_ipv4_mapping() -> None:
-    seen = server(("::ffff:192.168.50.20", 40000, 0, 0), ("::ffff:198.51.100.10", 7007, 0, 0))
-    assert judge(CLIENT, seen) == (FlowVerdict.DIRECT, True)
-
-
-def test_snat_with_port_kept_and_changed() -> None:
-    me = ("::ffff:198.51.100.10", 7007, 0, 0)
-    assert judge(CLIENT, server(("198.51.100.2", 40000), me)) == (FlowVerdict.SNAT, True)
-    assert judge(CLIENT, server(("198.51.100.2", 1024), me)) == (FlowVerdict.SNAT, False)
-
-
-def test_dnat_when_only_the_destination_changed() -> None:
-    assert judge(CLIENT, server(("192.168.50.20", 40000), ("10.0.0.5", 7007))) == (FlowVerdict.DNAT, True)
-
-
-def test_proxied_when_both_changed() -> None:
-    verdict, _ = judge(CLIENT, server(("172.17.0.1", 52702), ("10.0.0.5", 7007)))
-    assert verdict == FlowVerdict.PROXIED
+def test_join_pairs_client_and_server_records_of_one_flow() -> None:
+    [flow] = join_flows(CLIENT + server(ME_MAPPED, ECHO_MAPPED))
+    assert (flow.flow, flow.proto, flow.family, flow.verdict, flow.port_preserved) == (
+        "f",
+        "tcp",
+        "ipv4",
+        "direct",
+        True,
+    )
+    assert flow.client is not None and flow.server is not None
+    assert (flow.client.sockname, flow.client.peername) == (ME, ECHO)
+    assert flow.server.peername == ME_MAPPED
+    wire = flow.to_wire()
+    assert wire["client"]["sockname"] == list(ME) and wire["server"]["service"] == "server"
 
 
 def test_unmatched_with_one_end_only() -> None:
     [flow] = join_flows(CLIENT)
-    assert (flow.verdict, flow.server) == (FlowVerdict.UNMATCHED, None)
+    assert (flow.verdict, flow.server, flow.port_preserved) == (FlowVerdict.UNMATCHED, None, None)
+    [flow] = join_flows(server(ME, ECHO))
+    assert (flow.verdict, flow.client) == (FlowVerdict.UNMATCHED, None)
 
 
-def test_unix_paths_are_compared_as_paths() -> None:
-    client = [obs(Role.CLIENT, "getsockname", local=""), obs(Role.CLIENT, "getpeername", remote="/run/e.sock")]
+def test_unix_flow_joins_as_paths() -> None:
+    client = [
+        obs(Role.CLIENT, "getsockname", local=""),
+        obs(Role.CLIENT, "getpeername", remote="/run/e.sock"),
+    ]
     seen = [obs(Role.SERVER, "getsockname", local="/run/e.sock"), obs(Role.SERVER, "accept", remote="")]
     [flow] = join_flows(client + seen)
     assert (flow.verdict, flow.family, flow.proto) == (FlowVerdict.DIRECT, "unix", "unix")
+    assert flow.port_preserved is None
 
 
-def test_concrete_local_name_beats_a_wildcard_and_getpeername_beats_connect() -> None:
-    client = [
-        obs(Role.CLIENT, "bind", local=("0.0.0.0", 47000)),
-        obs(Role.CLIENT, "connect", remote=("echo-alias", 7007)),
-        obs(Role.CLIENT, "getsockname", local=("192.168.50.20", 47000)),
-        obs(Role.CLIENT, "getpeername", remote=("198.51.100.10", 7007)),
-        obs(Role.CLIENT, "bind", local=("0.0.0.0", 47000)),
+def test_concrete_local_name_beats_a_wildcard_whatever_the_order() -> None:
+    records = [
+        obs(Role.CLIENT, "getsockname", local=ME),
+        obs(Role.CLIENT, "bind", local=("0.0.0.0", 40000)),
+        obs(Role.SERVER, "recvmsg", local=("::ffff:198.51.100.10", 7007, 0, 0), remote=ME),
+        obs(Role.SERVER, "getsockname", local=("::", 7007, 0, 0)),
     ]
-    [flow] = join_flows(client)
-    assert flow.client is not None
-    assert flow.client.sockname == ("192.168.50.20", 47000)
-    assert flow.client.peername == ("198.51.100.10", 7007)
+    [flow] = join_flows(records)
+    assert flow.client is not None and flow.server is not None
+    assert flow.client.sockname == ME
+    assert flow.server.sockname == ("::ffff:198.51.100.10", 7007, 0, 0)
+    assert is_wildcard(("0.0.0.0", 1)) and is_wildcard(("::", 1, 0, 0)) and not is_wildcard("")
+
+
+def test_getpeername_beats_what_connect_was_given() -> None:
+    [flow] = join_flows(
+        [obs(Role.CLIENT, "getpeername", remote=ECHO), obs(Role.CLIENT, "connect", remote=("echo", 7007))]
+    )
+    assert flow.client is not None and flow.client.peername == ECHO
 
 
 def test_flows_keep_their_order_and_records_without_flow_are_ignored() -> None:
-    records = [obs(Role.SERVER, "bind", local=("::", 7007, 0, 0), flow=None)]  # type: ignore[arg-type]
-    records += [obs(Role.CLIENT, "connect", remote=("198.51.100.10", 7007), flow=f) for f in ("b", "a", "c")]
+    records = [obs(Role.SERVER, "bind", local=("::", 7007, 0, 0), flow=None)]
+    records += [obs(Role.CLIENT, "connect", remote=ECHO, flow=f) for f in ("b", "a", "c")]
     assert [f.flow for f in join_flows(records)] == ["b", "a", "c"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -25,28 +26,43 @@ def record(**changes: Any) -> Observation:
         "remote": ("fe80::1", 40000, 7, 3),
         "time": 1.5,
         "drops": 2,
-        "extra": {"scenario": "tcp4"},
+        "extra": {"scenario": "tcp4", "reflexive": ["192.0.2.1", 5]},
     }
     return Observation(**{**fields, **changes})
 
 
 @pytest.mark.parametrize(
     "name",
-    [("192.0.2.1", 80), ("2001:db8::1", 443, 0x12345, 4), "/run/socklab/echo.sock", "", b"\0abstract", None],
+    [
+        ("192.0.2.1", 80),
+        ("2001:db8::1", 443, 0x12345, 4),
+        "/run/socklab/echo.sock",
+        "",
+        b"\0abstract",
+        None,
+    ],
+    ids=["ipv4", "ipv6", "path", "unnamed", "abstract", "none"],
 )
 def test_names_round_trip_exactly(name: Any) -> None:
     obs = record(local=name, remote=name)
     again = unpack_observation(pack_observation(obs))
     assert again == obs
-    assert type(again.local) is type(name), "tuples come back as tuples, paths as strings"
+    assert type(again.local) is type(name), "tuples stay tuples, paths str, abstract names bytes"
 
 
 def test_ipv6_names_keep_flowinfo_and_scope_id() -> None:
     again = unpack_observation(pack_observation(record()))
     assert again.remote == ("fe80::1", 40000, 7, 3)
+    assert again.local == ("::ffff:198.51.100.10", 7007, 0, 0)
+
+
+def test_a_listeners_record_has_no_flow() -> None:
+    again = unpack_observation(pack_observation(record(flow=None, method="bind", remote=None)))
+    assert (again.flow, again.remote, again.role, again.proto) == (None, None, Role.SERVER, Proto.TCP)
 
 
 def wire(**changes: Any) -> bytes:
+    """A good record's map with keys changed; a value of ... deletes the key."""
     data = msgpack.unpackb(pack_observation(record()), raw=False)
     data.update(changes)
     for key in [k for k, v in changes.items() if v is ...]:
@@ -58,23 +74,39 @@ def wire(**changes: Any) -> bytes:
     ("data", "error"),
     [
         (b"\xc1", "record is not msgpack"),
+        (b"\x81\xa1v", "record is not msgpack"),
         (msgpack.packb([1, 2]), "record is a list, not a map"),
+        (msgpack.packb("v"), "record is a str, not a map"),
+        (wire(v=...), "record has no 'v'"),
         (wire(v=2), "record schema version 2 is not 1"),
         (wire(v=True), "record 'v' has type bool"),
         (wire(service=...), "record has no 'service'"),
+        (wire(time=...), "record has no 'time'"),
         (wire(service=5), "record 'service' has type int"),
+        (wire(host=b"h"), "record 'host' has type bytes"),
+        (wire(time="now"), "record 'time' has type str"),
+        (wire(time=False), "record 'time' has type bool"),
+        (wire(drops=True), "record 'drops' has type bool"),
+        (wire(drops=1.0), "record 'drops' has type float"),
+        (wire(role=1), "record 'role' has type int"),
         (wire(role="peer"), "record role 'peer' is unknown"),
         (wire(proto="sctp"), "record proto 'sctp' is unknown"),
         (wire(family="ipx"), "record family 'ipx' is unknown"),
         (wire(method="listen"), "record method 'listen' is unknown"),
         (wire(flow=7), "record 'flow' has type int"),
-        (wire(local=["192.0.2.1", 80, 0]), "name must have 2 or 4 items, not 3"),
-        (wire(local=["192.0.2.1", 70000]), "name port 70000 out of range"),
-        (wire(local=[1, 80]), "name host must be a string"),
-        (wire(remote={"host": "x"}), "name must be a list, string or nil, not dict"),
         (wire(extra=[]), "record 'extra' has type list"),
+        (wire(local=["192.0.2.1", 80, 0]), "name must have 2 or 4 items, not 3"),
+        (wire(local=["192.0.2.1"]), "name must have 2 or 4 items, not 1"),
+        (wire(local=["192.0.2.1", 70000]), "name port 70000 out of range"),
+        (wire(local=["192.0.2.1", -1]), "name port -1 out of range"),
+        (wire(local=["192.0.2.1", True]), "name port, flowinfo and scope_id must be integers"),
+        (wire(local=["::1", 80, "0", 0]), "name port, flowinfo and scope_id must be integers"),
+        (wire(local=[1, 80]), "name host must be a string"),
+        (wire(local=[b"192.0.2.1", 80]), "name host must be a string"),
+        (wire(remote={"host": "x"}), "name must be a list, string or nil, not dict"),
+        (wire(remote=80), "name must be a list, string or nil, not int"),
     ],
 )
 def test_malformed_records_are_refused(data: bytes, error: str) -> None:
-    with pytest.raises(ValueError, match=f"^{error}"):
+    with pytest.raises(ValueError, match=f"^{re.escape(error)}"):
         unpack_observation(data)

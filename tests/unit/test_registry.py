@@ -1,149 +1,177 @@
-"""The registry in-process on loopback: requests, what it observes, STUN with RFC 5780, and garbage."""
+"""The registry in-process on loopback: requests, what it observes, STUN Binding, and garbage it survives."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 
 from services.registry import RegistryServer, request
 from shared import stun
 from shared.framing import pack_frame, recv_frame
+from shared.names import endpoint
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, run_in_thread, wait_until
+from tests.conftest import LiveCollector, wait_until
 
 pytestmark = pytest.mark.unit
 
+SEEN_AS = {"127.0.0.1": "::ffff:127.0.0.1", "::1": "::1"}
 
-def test_register_keeps_reported_and_observed_names(registry_server: RegistryServer, reporter: Reporter) -> None:
-    address = ("127.0.0.1", registry_server.port)
-    reply = request(address, {"op": "register", "name": "echo", "ports": {"tcp": 7007}}, reporter)
-    [entry] = request(address, {"op": "lookup", "name": "echo"}, reporter)["registrations"]
-    assert entry["ports"] == {"tcp": 7007}
-    assert entry["observed"] == reply["observed"]
-    assert entry["observed"][0] == "::ffff:127.0.0.1" and entry["reported"][0] == "127.0.0.1"
-    assert entry["observed"][1] == entry["reported"][1], "no NAT on loopback: same port both ways"
-    assert [r["name"] for r in request(address, {"op": "list"}, reporter)["registrations"]] == ["echo"]
+
+def test_register_lookup_list_and_stats_round_trip(
+    registry_server: RegistryServer,
+    reporter: Reporter,
+) -> None:
+    v4, v6 = ("127.0.0.1", registry_server.port), ("::1", registry_server.port)
+    ports = {"tcp": 7007, "udp": 7007, "unix": "/run/e.sock"}
+    reply = request(v4, {"op": "register", "name": "echo", "ports": ports}, reporter)
+    request(v6, {"op": "register", "name": "echo", "ports": ports}, reporter)
+    request(v4, {"op": "register", "name": "other"}, reporter)
+    entries = request(v4, {"op": "lookup", "name": "echo"}, reporter)["registrations"]
+    assert [e["observed"][0] for e in entries] == ["::ffff:127.0.0.1", "::1"], "one registration per family"
+    assert entries[0]["observed"] == reply["observed"] and all(e["ports"] == ports for e in entries)
+    listed = request(v6, {"op": "list"}, reporter)["registrations"]
+    assert sorted(e["name"] for e in listed) == ["echo", "echo", "other"]
+    stats = request(v4, {"op": "stats"}, reporter)["stats"]
+    assert {k: stats[k] for k in ("op_register", "op_lookup", "op_list", "op_stats")} == {
+        "op_register": 3,
+        "op_lookup": 1,
+        "op_list": 1,
+        "op_stats": 1,
+    }
     with pytest.raises(LookupError, match="no registration for 'nobody'"):
-        request(address, {"op": "lookup", "name": "nobody"}, reporter)
+        request(v4, {"op": "lookup", "name": "nobody"}, reporter)
 
 
-def test_requests_are_reported_as_joined_flows(
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_reported_and_observed_names_are_kept_side_by_side(
+    registry_server: RegistryServer, reporter: Reporter, host: str
+) -> None:
+    request((host, registry_server.port), {"op": "register", "name": "me"}, reporter)
+    [entry] = registry_server.registrations.values()
+    assert isinstance(entry.reported, tuple) and isinstance(entry.observed, tuple)
+    assert entry.reported[:2] == (host, entry.observed[1]), "what the registrant's getsockname said"
+    assert entry.observed == (SEEN_AS[host], entry.reported[1], 0, 0), "what the registry's socket saw"
+
+
+def test_each_request_is_a_flow_both_ends_report(
     registry_server: RegistryServer, reporter: Reporter, live_collector: LiveCollector
 ) -> None:
     request(("127.0.0.1", registry_server.port), {"op": "list"}, reporter)
-    flows = wait_until(
-        lambda: [o.flow for o in live_collector.collector.observations if o.method == "accept" and o.flow],
-        "the registry's accept record",
-    )
-    flow = live_collector.wait_for_flow(flows[0])
-    assert flow.verdict == "direct"
-
-
-def test_bad_requests_get_errors_and_garbage_closes_only_its_connection(
-    registry_server: RegistryServer, reporter: Reporter
-) -> None:
-    address = ("127.0.0.1", registry_server.port)
-    with socket.create_connection(address, timeout=5) as sock:
-        for bad in ({"op": "list"}, {"op": "dance", "flow": "x"}, {"op": "register", "flow": "y", "name": ""}):
-            sock.sendall(pack_frame(bad))
-            reply = recv_frame(sock)
-            assert reply["ok"] is False and reply["error"]
-        sock.sendall(pack_frame({"op": "list", "flow": "z"}))
-        assert recv_frame(sock)["ok"] is True, "the same connection still serves"
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(b"\xff" * 8)
-        assert sock.recv(10) == b""
-    stats = request(address, {"op": "stats"}, reporter)["stats"]
-    assert stats["bad_requests"] == 3 and stats["rejected"] == 1
-
-
-def binding(sock: socket.socket, destination: tuple[str, int], change: int = 0) -> tuple[stun.Message, tuple[str, int]]:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    if change:
-        request.attributes[stun.Attr.CHANGE_REQUEST] = change
-    sock.sendto(stun.pack_message(request), destination)
-    data, source = sock.recvfrom(2048)
-    response = stun.unpack_message(data)
-    assert response.transaction_id == request.transaction_id
-    return response, source
-
-
-@pytest.fixture
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(5)
-    return sock
-
-
-def test_stun_binding_says_the_clients_own_name(registry_server: RegistryServer, udp: socket.socket) -> None:
-    primary = ("127.0.0.1", registry_server.stun_port)
-    response, source = binding(udp, primary)
-    assert response.cls == stun.Class.RESPONSE
-    assert response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] == udp.getsockname()
-    assert response.attributes[stun.Attr.RESPONSE_ORIGIN] == source == primary
-    assert response.attributes[stun.Attr.OTHER_ADDRESS] == ("127.0.0.2", registry_server.stun.alt_port)
-    assert stun.Attr.FINGERPRINT in response.attributes
+    [client_end] = live_collector.wait_for_records(lambda o: o.extra.get("scenario") == "registry-list")
+    assert client_end.flow is not None
+    flow = live_collector.wait_for_flow(client_end.flow)
+    assert flow.verdict == "direct" and flow.server is not None
+    assert flow.server.peername == ("::ffff:127.0.0.1", client_end.local[1], 0, 0)  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
-    ("change", "host", "alternate_port"),
+    ("bad", "error"),
     [
-        (stun.CHANGE_IP, "127.0.0.2", False),
-        (stun.CHANGE_PORT, "127.0.0.1", True),
-        (stun.CHANGE_IP | stun.CHANGE_PORT, "127.0.0.2", True),
+        ({"op": "list"}, "request has no flow id"),
+        ({"op": "list", "flow": ""}, "request has no flow id"),
+        ({"op": "dance", "flow": "x"}, "unknown op 'dance'"),
+        ({"op": "register", "flow": "x", "name": ""}, "register needs a name"),
+        ({"op": "register", "flow": "x"}, "'name'"),
+        ({"op": "register", "flow": "x", "name": "n", "ports": [1]}, "register ports must be a map"),
+        ({"op": "register", "flow": "x", "name": "n", "reported": [1]}, "name must have 2 or 4 items"),
+        ({"op": "lookup", "flow": "x"}, "'name'"),
     ],
 )
-def test_change_request_answers_from_the_other_name(
-    registry_server: RegistryServer, udp: socket.socket, change: int, host: str, alternate_port: bool
+def test_bad_requests_get_an_error_are_counted_and_the_connection_still_serves(
+    registry_server: RegistryServer, bad: dict[str, object], error: str
 ) -> None:
-    response, source = binding(udp, ("127.0.0.1", registry_server.stun_port), change)
-    port = registry_server.stun.alt_port if alternate_port else registry_server.stun_port
-    assert source == (host, port), "recvfrom on the client says where the answer really came from"
-    assert response.attributes[stun.Attr.RESPONSE_ORIGIN] == source
+    with socket.create_connection(("127.0.0.1", registry_server.port), timeout=5) as sock:
+        sock.sendall(pack_frame(bad))
+        reply = recv_frame(sock)
+        assert reply["ok"] is False and error in reply["error"]
+        sock.sendall(pack_frame({"op": "stats", "flow": "y"}))
+        assert recv_frame(sock)["stats"]["bad_requests"] == 1
+    assert not registry_server.registrations
 
 
-def test_classic_rfc3489_request_gets_mapped_address(registry_server: RegistryServer, udp: socket.socket) -> None:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, cookie=0x0BADF00D)
-    udp.sendto(stun.pack_message(request), ("127.0.0.1", registry_server.stun_port))
-    response = stun.unpack_message(udp.recvfrom(2048)[0])
-    assert response.cookie == 0x0BADF00D
-    assert response.attributes[stun.Attr.MAPPED_ADDRESS] == udp.getsockname()
-    assert response.attributes[stun.Attr.CHANGED_ADDRESS] == ("127.0.0.2", registry_server.stun.alt_port)
+def test_garbage_closes_only_its_own_connection(registry_server: RegistryServer) -> None:
+    address = ("127.0.0.1", registry_server.port)
+    with socket.create_connection(address, 5) as good, socket.create_connection(address, 5) as bad:
+        good.sendall(pack_frame({"op": "list", "flow": "g"}))
+        assert recv_frame(good)["ok"] is True
+        bad.sendall(b"\xff" * 8)
+        assert bad.recv(10) == b"", "a stream that is not frames is closed"
+        good.sendall(pack_frame({"op": "stats", "flow": "g"}))
+        assert recv_frame(good)["stats"]["rejected"] == 1, "the other connection still serves"
 
 
-def test_change_request_without_alternate_is_a_420(reporter: Reporter, udp: socket.socket) -> None:
-    server = RegistryServer(reporter, 0, 0)
-    halt = run_in_thread(server.serve)
-    try:
-        response, _ = binding(udp, ("127.0.0.1", server.stun_port), stun.CHANGE_IP)
-    finally:
-        halt()
-        server.close()
+@pytest.fixture(params=["127.0.0.1", "::1"])
+def udp(request: pytest.FixtureRequest) -> Iterator[socket.socket]:
+    host = request.param
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        sock.settimeout(5)
+        yield sock
+
+
+def exchange(sock: socket.socket, message: stun.Message, port: int) -> stun.Message:
+    sock.sendto(stun.pack_message(message), (sock.getsockname()[0], port))
+    response = stun.unpack_message(sock.recvfrom(2048)[0])
+    assert response.transaction_id == message.transaction_id
+    return response
+
+
+def test_stun_binding_answers_with_the_clients_own_name(
+    registry_server: RegistryServer,
+    udp: socket.socket,
+) -> None:
+    response = exchange(udp, stun.Message(stun.Method.BINDING, stun.Class.REQUEST), registry_server.stun_port)
+    assert (response.cls, response.cookie) == (stun.Class.RESPONSE, stun.MAGIC_COOKIE)
+    assert response.attributes[stun.Attr.XOR_MAPPED_ADDRESS] == udp.getsockname()[:2]
+    assert stun.Attr.MAPPED_ADDRESS not in response.attributes
+    assert stun.Attr.FINGERPRINT in response.attributes, "verified by unpack_message"
+
+
+def test_classic_rfc3489_request_gets_mapped_address(
+    registry_server: RegistryServer,
+    udp: socket.socket,
+) -> None:
+    classic = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, cookie=0x0BADF00D)
+    response = exchange(udp, classic, registry_server.stun_port)
+    assert response.classic and response.cookie == 0x0BADF00D
+    assert response.attributes[stun.Attr.MAPPED_ADDRESS] == udp.getsockname()[:2]
+    assert stun.Attr.XOR_MAPPED_ADDRESS not in response.attributes
+
+
+def test_unknown_comprehension_required_attribute_is_a_420(
+    registry_server: RegistryServer,
+    udp: socket.socket,
+) -> None:
+    unknown = {0x0042: b"\0\0\0\0", 0x8042: b""}
+    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes=unknown)
+    response = exchange(udp, message, registry_server.stun_port)
     assert response.cls == stun.Class.ERROR
-    assert response.attributes[stun.Attr.ERROR_CODE][0] == 420
-    assert response.attributes[stun.Attr.UNKNOWN_ATTRIBUTES] == [stun.Attr.CHANGE_REQUEST]
+    assert response.attributes[stun.Attr.ERROR_CODE] == (420, "Unknown Attribute")
+    assert response.attributes[stun.Attr.UNKNOWN_ATTRIBUTES] == [0x0042], "0x8042 is optional"
 
 
-def test_unknown_comprehension_required_attribute_is_a_420(registry_server: RegistryServer, udp: socket.socket) -> None:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes={0x0042: b"\0\0\0\0"})
-    udp.sendto(stun.pack_message(request), ("127.0.0.1", registry_server.stun_port))
-    response = stun.unpack_message(udp.recvfrom(2048)[0])
-    assert response.attributes[stun.Attr.ERROR_CODE][0] == 420
-    assert response.attributes[stun.Attr.UNKNOWN_ATTRIBUTES] == [0x0042]
-
-
-def test_malformed_stun_is_counted_and_the_server_keeps_answering(
-    registry_server: RegistryServer, udp: socket.socket
+def test_malformed_stun_is_counted_reported_and_the_server_keeps_answering(
+    registry_server: RegistryServer, live_collector: LiveCollector, udp: socket.socket
 ) -> None:
-    primary = ("127.0.0.1", registry_server.stun_port)
-    for packet in (
+    destination = (udp.getsockname()[0], registry_server.stun_port)
+    packets = [
         b"\x00\x01",
         b"\xff" * 20,
         stun.pack_message(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)),
-    ):
-        udp.sendto(packet, primary)
-    wait_until(lambda: registry_server.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
-    response, _ = binding(udp, primary)
+        stun.pack_message(stun.Message(0x002, stun.Class.REQUEST)),
+    ]
+    for packet in packets:
+        udp.sendto(packet, destination)
+    wait_until(lambda: registry_server.stun.stats["stun_rejected"] == len(packets), "bad packets counted")
+    records = live_collector.wait_for_records(lambda o: "rejected" in o.extra, len(packets), "rejections")
+    assert {o.method for o in records} == {"recvfrom"}
+    assert {endpoint(o.remote) for o in records if o.remote} == {udp.getsockname()[:2]}
+    assert {o.extra["rejected"] for o in records} == {
+        "STUN message length is less than 20 bytes",
+        "STUN message type has its two top bits set",
+        "STUN message is not a Binding request",
+    }
+    response = exchange(udp, stun.Message(stun.Method.BINDING, stun.Class.REQUEST), registry_server.stun_port)
     assert response.cls == stun.Class.RESPONSE
