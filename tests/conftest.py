@@ -179,33 +179,30 @@ def reporter(make_reporter: MakeReporter) -> Reporter:
     return make_reporter("client")
 
 
+def serving(loops: Loops, server: Any) -> Iterator[Any]:
+    """Run a service's loop for one test, then stop it and close its sockets, whatever the test did."""
+    halt = loops.start(server.serve)
+    try:
+        yield server
+    finally:
+        try:
+            halt()
+        finally:
+            server.close()
+
+
 @pytest.fixture
 def echo_server(make_reporter: MakeReporter, loops: Loops, tmp_path: Path) -> Iterator[EchoServer]:
     """echo on an ephemeral dual-stack port, with its Unix socket in tmp_path and a Reporter of its own."""
     server = EchoServer(make_reporter("echo"), 0, str(tmp_path / "echo.sock"))
     server.listen()
-    halt = loops.start(server.serve)
-    try:
-        yield server
-    finally:
-        try:
-            halt()
-        finally:
-            server.close()
+    yield from serving(loops, server)
 
 
 @pytest.fixture
 def registry_server(make_reporter: MakeReporter, loops: Loops) -> Iterator[RegistryServer]:
     """The registry on ephemeral dual-stack ports: TCP requests and one STUN socket, no RFC 5780 alternate."""
-    server = RegistryServer(make_reporter("registry"), 0, 0)
-    halt = loops.start(server.serve)
-    try:
-        yield server
-    finally:
-        try:
-            halt()
-        finally:
-            server.close()
+    yield from serving(loops, RegistryServer(make_reporter("registry"), 0, 0))
 
 
 @pytest.fixture(scope="session")

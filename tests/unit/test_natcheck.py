@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from services import natcheck
-from services.collector import Collector, Store, serve
 from services.registry import RegistryServer, stun_flow_id
 from services.report import format_table
 from services.stun_server import check_addresses
@@ -24,6 +19,7 @@ from shared import stun
 from shared.config import load_config
 from shared.record import Role
 from shared.reporter import Reporter
+from tests.conftest import LiveCollector, Loops, MakeReporter, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -32,79 +28,11 @@ TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 NATCHECK_FIELDS = {"mapping", "filtering", "port_preserved", "hairpin", "mapped_address", "local_address", "server"}
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody holds right now."""
-    with socket.socket() as s:
-        s.bind((PRIMARY, 0))
-        return int(s.getsockname()[1])
-
-
-def poll(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    """Poll until check() is truthy; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-    return result
-
-
-def start(serve_loop: Callable[[threading.Event], None]) -> Callable[[], None]:
-    """Run a serve(stop) loop in a thread; return what stops it."""
-    stop = threading.Event()
-    thread = threading.Thread(target=serve_loop, args=(stop,), daemon=True)
-    thread.start()
-
-    def halt() -> None:
-        stop.set()
-        thread.join(5)
-
-    return halt
-
-
-@dataclass
-class RunningCollector:
-    collector: Collector
-    ingest: str
-
-    def records(self, flow: str | None = None) -> list[Any]:
-        return [o for o in list(self.collector.observations) if flow is None or o.flow == flow]
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def running_collector(tmp_path: Path, context: zmq.Context) -> Iterator[RunningCollector]:
-    store = Store(str(tmp_path / "records.bin"))
-    collector = Collector(store)
-    ingest, query = f"tcp://{PRIMARY}:{free_port()}", f"tcp://{PRIMARY}:{free_port()}"
-    halt = start(lambda stop: serve(collector, context, ingest, query, stop))
-    yield RunningCollector(collector, ingest)
-    halt()
-    store.close()
-
-
-@pytest.fixture
-def make_reporter(context: zmq.Context, running_collector: RunningCollector) -> Iterator[Callable[[str], Reporter]]:
-    reporters: list[Reporter] = []
-
-    def make(service: str) -> Reporter:
-        reporters.append(Reporter(context, running_collector.ingest, service))
-        return reporters[-1]
-
-    yield make
-    for reporter in reporters:
-        reporter.close()
-
-
-def run_registry(reporter: Reporter, addresses: tuple[str, ...]) -> tuple[RegistryServer, Callable[[], None]]:
+def run_registry(
+    reporter: Reporter, addresses: tuple[str, ...], loops: Loops
+) -> tuple[RegistryServer, Callable[[], None]]:
     server = RegistryServer(reporter, 0, 0, stun_addresses=addresses, stun_alt_port=0)
-    halt = start(server.serve)
+    halt = loops.start(server.serve)
 
     def stop() -> None:
         halt()
@@ -114,17 +42,17 @@ def run_registry(reporter: Reporter, addresses: tuple[str, ...]) -> tuple[Regist
 
 
 @pytest.fixture
-def rfc5780_registry(make_reporter: Callable[[str], Reporter]) -> Iterator[RegistryServer]:
+def rfc5780_registry(make_reporter: MakeReporter, loops: Loops) -> Iterator[RegistryServer]:
     """Four IPv4 STUN sockets (127.0.0.1 and 127.0.0.2, two ports each) and an IPv6 one."""
-    server, stop = run_registry(make_reporter("registry"), (PRIMARY, ALTERNATE))
+    server, stop = run_registry(make_reporter("registry"), (PRIMARY, ALTERNATE), loops)
     yield server
     stop()
 
 
 @pytest.fixture
-def plain_registry(make_reporter: Callable[[str], Reporter]) -> Iterator[RegistryServer]:
+def plain_registry(make_reporter: MakeReporter, loops: Loops) -> Iterator[RegistryServer]:
     """Today's registry: one dual-stack STUN socket, no alternate."""
-    server, stop = run_registry(make_reporter("registry"), ())
+    server, stop = run_registry(make_reporter("registry"), (), loops)
     yield server
     stop()
 
@@ -264,7 +192,7 @@ def test_change_request_without_alternate_is_a_420(plain_registry: RegistryServe
     response, source = exchange(udp, stun.binding_request(stun.CHANGE_PORT), (PRIMARY, plain_registry.stun_port))
     assert response.cls == stun.Class.ERROR and source[1] == plain_registry.stun_port
     assert response.attributes[stun.Attr.ERROR_CODE][0] == 420
-    poll(lambda: plain_registry.stun.stats["stun_errors"] == 1, "the error response counted")
+    wait_until(lambda: plain_registry.stun.stats["stun_errors"] == 1, "the error response counted")
 
 
 def test_ipv6_client_gets_its_name_and_no_alternate(rfc5780_registry: RegistryServer) -> None:
@@ -281,12 +209,12 @@ def test_ipv6_client_gets_its_name_and_no_alternate(rfc5780_registry: RegistrySe
 
 
 def test_every_transaction_is_reported_under_its_flow(
-    rfc5780_registry: RegistryServer, udp: socket.socket, running_collector: RunningCollector
+    rfc5780_registry: RegistryServer, udp: socket.socket, live_collector: LiveCollector
 ) -> None:
     name = names(rfc5780_registry)
     _, source = exchange(udp, stun.binding_request(stun.CHANGE_IP, TID), name["A1:P1"])
     flow = stun_flow_id(TID)
-    records = poll(lambda: len(running_collector.records(flow)) >= 2 and running_collector.records(flow), flow)
+    records = wait_until(lambda: len(live_collector.records(flow)) >= 2 and live_collector.records(flow), flow)
     by_method = {r.method: r for r in records}
     assert {r.role for r in records} == {Role.SERVER} and set(by_method) == {"recvfrom", "sendto"}
     assert by_method["recvfrom"].remote == by_method["sendto"].remote == udp.getsockname()
@@ -294,15 +222,15 @@ def test_every_transaction_is_reported_under_its_flow(
 
 
 def test_malformed_packets_are_counted_reported_and_the_server_keeps_answering(
-    rfc5780_registry: RegistryServer, udp: socket.socket, running_collector: RunningCollector
+    rfc5780_registry: RegistryServer, udp: socket.socket, live_collector: LiveCollector
 ) -> None:
     primary = names(rfc5780_registry)["A1:P1"]
     response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
     for packet in (b"\x00\x01", b"\xff" * 20, stun.pack_message(response)):
         udp.sendto(packet, primary)
-    poll(lambda: rfc5780_registry.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
-    rejected = poll(
-        lambda: [r for r in running_collector.records() if "rejected" in r.extra and r.remote == udp.getsockname()],
+    wait_until(lambda: rfc5780_registry.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
+    rejected = wait_until(
+        lambda: [r for r in live_collector.records() if "rejected" in r.extra and r.remote == udp.getsockname()],
         "the rejections in the collector",
     )
     assert {r.method for r in rejected} == {"recvfrom"} and rejected[0].extra["rejected"]
@@ -314,7 +242,7 @@ def test_malformed_packets_are_counted_reported_and_the_server_keeps_answering(
 
 
 def test_natcheck_on_loopback_finds_no_nat(
-    rfc5780_registry: RegistryServer, make_reporter: Callable[[str], Reporter], running_collector: RunningCollector
+    rfc5780_registry: RegistryServer, make_reporter: Callable[[str], Reporter], live_collector: LiveCollector
 ) -> None:
     name = names(rfc5780_registry)
     result = natcheck.run_natcheck(make_reporter("natcheck"), name["A1:P1"], timeout=0.3, attempts=2)
@@ -330,13 +258,13 @@ def test_natcheck_on_loopback_finds_no_nat(
 
     def all_records_in() -> bool:
         """natcheck's summary is its last record; the registry reports each sendto after sending it."""
-        records = running_collector.records()
+        records = live_collector.records()
         asked = {r.flow for r in records if r.service == "registry" and r.flow}
         answered = {r.flow for r in records if r.service == "registry" and r.method == "sendto"}
         return any("natcheck" in r.extra for r in records) and len(asked) == 2 and asked == answered
 
-    poll(all_records_in, "every record of mapping-1, filtering-2 and the hairpin")
-    flows = [f for f in running_collector.collector.report()["flows"] if f["flow"].startswith("stun-")]
+    wait_until(all_records_in, "every record of mapping-1, filtering-2 and the hairpin")
+    flows = [f for f in live_collector.collector.report()["flows"] if f["flow"].startswith("stun-")]
     assert len(flows) == 3 and {f["verdict"] for f in flows} == {"direct"}, flows
     assert "mapping:        none" in natcheck.format_summary(result)
 
@@ -359,11 +287,11 @@ def test_mapping_tests_follow_other_address(
 
 def test_natcheck_json_has_every_field_and_reaches_the_collector(
     rfc5780_registry: RegistryServer,
-    running_collector: RunningCollector,
+    live_collector: LiveCollector,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("SOCKLAB_COLLECTOR", running_collector.ingest)
+    monkeypatch.setenv("SOCKLAB_COLLECTOR", live_collector.ingest)
     monkeypatch.setenv("SOCKLAB_SERVICE", "natcheck-cli")
     natcheck.main(["--server", f"{PRIMARY}:{rfc5780_registry.stun_port}", "--json", "--timeout", "0.3"])
     result = json.loads(capsys.readouterr().out)
@@ -373,9 +301,9 @@ def test_natcheck_json_has_every_field_and_reaches_the_collector(
     for test in result["tests"]:
         assert {"name", "destination", "mapped", "response_origin"} <= set(test)
         assert len(test["destination"]) == 2 and len(test["mapped"]) == 2 and len(test["response_origin"]) == 2
-    checks = poll(lambda: running_collector.collector.report()["natchecks"], "the natcheck summary")
+    checks = wait_until(lambda: live_collector.collector.report()["natchecks"], "the natcheck summary")
     assert checks[-1]["service"] == "natcheck-cli" and checks[-1]["mapped_address"] == result["mapped_address"]
-    [summary] = [r for r in running_collector.records() if "natcheck" in r.extra]
+    [summary] = [r for r in live_collector.records() if "natcheck" in r.extra]
     assert (summary.method, summary.flow, summary.role) == ("getsockname", None, Role.CLIENT)
 
 
