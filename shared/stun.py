@@ -230,8 +230,3 @@ def unpack_message(data: bytes) -> Message:
         attributes[key] = _unpack_attr_value(attr, value, transaction_id)
         pos = start + alen + (-alen % 4)
     return Message(method, cls, transaction_id, attributes, cookie)
-
-
-def is_stun(data: bytes) -> bool:
-    """Tell a STUN message from other traffic on a shared port (RFC 8489 section 7)."""
-    return len(data) >= HEADER_LENGTH and data[0] & 0xC0 == 0 and data[4:8] == MAGIC_COOKIE.to_bytes(4, "big")

@@ -142,7 +142,6 @@ def test_classic_rfc3489_message_keeps_its_cookie_and_is_not_taken_for_rfc8489()
     assert data == bytes.fromhex("0001000001020304" + TID.hex())
     again = stun.unpack_message(data)
     assert again.classic and again.cookie == 0x01020304
-    assert not stun.is_stun(data), "RFC 8489 section 7 tells STUN apart by its magic cookie"
 
 
 def test_message_type_and_split_type_are_inverse_for_every_method_and_class() -> None:
@@ -206,10 +205,3 @@ def packet(*attributes: bytes) -> bytes:
 def test_malformed_packets_raise_exact_errors(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(error)}$"):
         stun.unpack_message(data)
-
-
-def test_is_stun_tells_stun_from_other_traffic() -> None:
-    assert stun.is_stun(SAMPLE_REQUEST) and stun.is_stun(header(0))
-    assert not stun.is_stun(header(0, mtype=0x8001)), "top bits set"
-    assert not stun.is_stun(header(0)[:19]), "too short"
-    assert not stun.is_stun(b"\x82\xa4flow" + bytes(20)), "a msgpack map"
