@@ -25,14 +25,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import zmq
 
-from services.registry import new_flow_id, register, request
 from shared.config import load_config
-from shared.framing import pack_frame, recv_frame
-from shared.names import Name, format_name, name_from_wire, name_to_wire, parse_hostport, route_source, unmap_host
-from shared.record import Role
+from shared.echo_protocol import (
+    MAX_DATAGRAM,
+    Datagram,
+    Hello,
+    pack_datagram,
+    pack_hello,
+    reflection_from_wire,
+    unpack_reflection_datagram,
+)
+from shared.framing import recv_frame
+from shared.names import Name, address_family, format_name, name_to_wire, parse_hostport, route_source
+from shared.record import Role, new_flow_id
+from shared.registry_protocol import lookup, register
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
@@ -60,22 +68,10 @@ class Outcome:
     reflexive: Name | None
 
 
-def family_of(host: str) -> int:
-    """Pick the address family a host string needs."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def read_reflexive(reply: dict[str, Any], flow: str) -> Name | None:
-    """Check echo's answer belongs to this flow and take the name echo saw us by."""
-    if reply.get("flow") != flow:
-        raise ValueError(f"echo answered flow {reply.get('flow')!r}, not {flow!r}")
-    return name_from_wire(reply.get("peer"))
-
-
 def run_stream(reporter: Reporter, target: Target, bind_port: int | None = None) -> Outcome:
     """One stream flow: [bind], connect, hello, echo, and every name reported."""
     flow = new_flow_id()
-    family = socket.AF_UNIX if isinstance(target.address, str) else family_of(target.address[0])
+    family = socket.AF_UNIX if isinstance(target.address, str) else address_family(target.address[0])
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         if bind_port is not None:
@@ -84,11 +80,10 @@ def run_stream(reporter: Reporter, target: Target, bind_port: int | None = None)
             reporter.observe(sock, "bind", flow, Role.CLIENT, local=sock.getsockname())
         sock.connect(target.address)
         reporter.observe(sock, "connect", flow, Role.CLIENT, remote=target.address)
-        sock.sendall(pack_frame({"flow": flow, "length": len(PAYLOAD)}) + PAYLOAD)
-        reply = recv_frame(sock)
-        reflexive = read_reflexive(reply, flow)
+        sock.sendall(pack_hello(Hello(flow, len(PAYLOAD))) + PAYLOAD)
+        reflexive = reflection_from_wire(recv_frame(sock), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario, "reflexive": reply.get("peer")}
+        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         echoed = bytearray()
@@ -103,15 +98,14 @@ def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
     """One connected-UDP flow: connect, send, recv."""
     assert isinstance(target.address, tuple)
     flow = new_flow_id()
-    with socket.socket(family_of(target.address[0]), socket.SOCK_DGRAM) as sock:
+    with socket.socket(address_family(target.address[0]), socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.connect(target.address)
         reporter.observe(sock, "connect", flow, Role.CLIENT, remote=target.address)
-        sock.send(msgpack.packb({"flow": flow, "data": PAYLOAD}, use_bin_type=True))
-        reply = msgpack.unpackb(sock.recv(65535), raw=False)
-        reflexive = read_reflexive(reply, flow)
+        sock.send(pack_datagram(Datagram(flow, PAYLOAD)))
+        reflexive = unpack_reflection_datagram(sock.recv(MAX_DATAGRAM), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario, "reflexive": reply.get("peer")}
+        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
     return Outcome(flow, target.scenario, local, remote, reflexive)
@@ -122,18 +116,17 @@ def run_udp_sendto(reporter: Reporter, target: Target) -> Outcome:
     assert isinstance(target.address, tuple)
     flow = new_flow_id()
     host = target.address[0]
-    with socket.socket(family_of(host), socket.SOCK_DGRAM) as sock:
+    with socket.socket(address_family(host), socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.bind((route_source(*target.address), 0))
         local = sock.getsockname()
         reporter.observe(sock, "bind", flow, Role.CLIENT, local=local)
-        sock.sendto(msgpack.packb({"flow": flow, "data": PAYLOAD}, use_bin_type=True), target.address)
+        sock.sendto(pack_datagram(Datagram(flow, PAYLOAD)), target.address)
         reporter.observe(sock, "sendto", flow, Role.CLIENT, remote=target.address)
-        data, remote = sock.recvfrom(65535)
-        reply = msgpack.unpackb(data, raw=False)
-        reflexive = read_reflexive(reply, flow)
+        data, remote = sock.recvfrom(MAX_DATAGRAM)
+        reflexive = unpack_reflection_datagram(data, flow).peer
         reporter.observe(sock, "recvfrom", flow, Role.CLIENT, remote=remote)
-        extra = {"scenario": target.scenario, "reflexive": reply.get("peer")}
+        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=sock.getsockname(), extra=extra)
     return Outcome(flow, target.scenario, local, remote, reflexive)
 
@@ -157,13 +150,12 @@ def find_echo(registries: list[tuple[str, int]], reporter: Reporter) -> dict[str
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for address in registries:
         try:
-            reply = request(address, {"op": "lookup", "name": "echo"}, reporter)
+            registrations = lookup(address, "echo", reporter)
         except (OSError, LookupError, ValueError) as exc:
             log.warning("lookup at %s failed: %s", format_name(address), exc)
             continue
-        for entry in reply["registrations"]:
-            host = unmap_host(entry["observed"][0])
-            found["6" if ":" in host else "4"] = (host, entry["ports"])
+        for entry in registrations:
+            found["6" if entry.family == "ipv6" else "4"] = (entry.host, entry.ports)
     return found
 
 

@@ -25,8 +25,8 @@ import zmq
 
 from services.flows import join_flows
 from services.report import render_page
+from shared.collector_protocol import QueryOp, pack_reply, unpack_query
 from shared.config import load_config
-from shared.framing import unpack_map
 from shared.names import json_name
 from shared.record import Observation, pack_observation, unpack_observation
 
@@ -122,17 +122,14 @@ class Collector:
     def answer(self, raw: bytes) -> dict[str, Any]:
         """Answer one query; a bad query gets an error reply, never silence."""
         try:
-            query = unpack_map(raw, "query")
-            op = query.get("op")
-            if op == "ping":
+            op, query = unpack_query(raw)
+            if op == QueryOp.PING:
                 return {"ok": True, "records": len(self.observations)}
-            if op == "report":
+            if op == QueryOp.REPORT:
                 return {"ok": True, **self.report()}
-            if op == "records":
-                flow = query.get("flow")
-                records = [o for o in self.observations if flow is None or o.flow == flow]
-                return {"ok": True, "records": [record_to_wire(o) for o in records]}
-            raise ValueError(f"unknown op {op!r}")
+            flow = query.get("flow")
+            records = [o for o in self.observations if flow is None or o.flow == flow]
+            return {"ok": True, "records": [record_to_wire(o) for o in records]}
         except ValueError as exc:
             self.bad_queries += 1
             log.warning("bad query: %s", exc)
@@ -171,7 +168,7 @@ def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, s
                     except zmq.Again:
                         break
             if rep in ready:
-                rep.send(msgpack.packb(collector.answer(rep.recv()), use_bin_type=True))
+                rep.send(pack_reply(collector.answer(rep.recv())))
     finally:
         pull.close(linger=0)
         rep.close(linger=0)

@@ -1,12 +1,5 @@
 """echo: TCP, UDP and Unix echo on one dual-stack port; reports every name it sees and tells the
-client how it saw it (the reflexive name).
-
-Stream protocol: the client's first frame is {"flow": id, "length": n}; echo answers with a frame
-{"flow", "peer", "local"} (the names its accepted socket has), then echoes n raw bytes and closes
-first, so the TIME_WAIT state stays on the server and a client may bind the same port again at
-once. Without "length" it echoes until EOF.
-Datagram protocol: each datagram is a msgpack map {"flow", "data"}; echo answers
-{"flow", "peer", "local", "data"}, where local is the address the datagram arrived at.
+client how it saw it (the reflexive name). Its wire protocol is shared.echo_protocol.
 """
 
 from __future__ import annotations
@@ -19,30 +12,27 @@ import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-import msgpack
 import zmq
 
-from services.registry import register
 from shared.config import load_config
-from shared.framing import pack_frame, unpack_map
-from shared.names import (
-    arrival_address,
-    create_dual_stack_socket,
-    enable_pktinfo,
-    name_to_wire,
-    parse_hostport,
-    pktinfo_space,
+from shared.echo_protocol import (
+    MAX_DATAGRAM,
+    Reflection,
+    pack_greeting,
+    pack_reflection_datagram,
+    unpack_datagram,
+    unpack_hello,
 )
+from shared.names import arrival_address, create_dual_stack_socket, enable_pktinfo, parse_hostport, pktinfo_space
 from shared.record import Role
+from shared.registry_protocol import register
 from shared.reporter import Reporter
 from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256 * 1024
-MAX_DATAGRAM = 65535
 
 
 @dataclass
@@ -140,12 +130,8 @@ class EchoServer:
             hello = conn.frames.next_frame()
             if hello is None:
                 return True
-            flow, length = hello.get("flow"), hello.get("length")
-            if not isinstance(flow, str) or not flow:
-                raise ValueError("hello frame has no flow id")
-            if length is not None and (not isinstance(length, int) or length < 0):
-                raise ValueError("hello frame length is not a count of bytes")
-            conn.flow, conn.remaining = flow, length
+            checked = unpack_hello(hello)
+            conn.flow, conn.remaining = checked.flow, checked.length
             self.greet_stream(conn)
             data = conn.frames.take_rest()
         conn.pending += data
@@ -156,11 +142,12 @@ class EchoServer:
     def greet_stream(self, conn: StreamConn) -> None:
         """Report the accepted socket's names and send them back to the client."""
         sock, flow = conn.sock, conn.flow
+        assert flow is not None
         local, peer = sock.getsockname(), sock.getpeername()
         self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
         self.reporter.observe(sock, "getsockname", flow, Role.SERVER, local=local)
         self.reporter.observe(sock, "getpeername", flow, Role.SERVER, remote=peer)
-        conn.pending += pack_frame({"flow": flow, "peer": name_to_wire(peer), "local": name_to_wire(local)})
+        conn.pending += pack_greeting(Reflection(flow, peer, local))
         self.stats["flows"] += 1
 
     def flush_stream(self, conn: StreamConn) -> None:
@@ -197,13 +184,13 @@ class EchoServer:
             self.stats["rejected"] += 1
             self.reporter.reject(self.udp, "recvmsg", addr, exc)
             return
-        flow = request["flow"]
+        flow = request.flow
         arrived = arrival_address(ancdata)
         local = (arrived, self.port, 0, 0) if arrived else self.udp.getsockname()
         self.reporter.observe(self.udp, "recvmsg", flow, Role.SERVER, local=local, remote=addr)
-        reply = {"flow": flow, "peer": name_to_wire(addr), "local": name_to_wire(local), "data": request["data"]}
+        reply = pack_reflection_datagram(Reflection(flow, addr, local, request.data))
         try:
-            self.udp.sendto(msgpack.packb(reply, use_bin_type=True), addr)
+            self.udp.sendto(reply, addr)
         except OSError as exc:
             log.warning("sendto %s failed: %s", addr, exc)
             return
@@ -215,16 +202,6 @@ class EchoServer:
         close_all(self.selector)
         for sock in self.listeners():
             sock.close()
-
-
-def unpack_datagram(data: bytes) -> dict[str, Any]:
-    """Check one echo datagram: a msgpack map with a flow id and bytes."""
-    obj = unpack_map(data, "datagram")
-    if not isinstance(obj.get("flow"), str) or not obj["flow"]:
-        raise ValueError("datagram has no flow id")
-    if not isinstance(obj.get("data"), bytes):
-        raise ValueError("datagram has no data bytes")
-    return obj
 
 
 def main(argv: list[str] | None = None) -> None:

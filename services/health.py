@@ -9,7 +9,7 @@ import sys
 
 import zmq
 
-from services.report import query_collector
+from shared.collector_protocol import query_collector
 from shared.config import load_config
 
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import zmq
 
-from services.registry import stun_flow_id
 from shared import stun
 from shared.config import load_config
 from shared.names import format_name, parse_hostport, route_source
@@ -88,7 +87,7 @@ class StunProbe:
     ) -> tuple[stun.Message, Address] | None:
         """sendto, then recvfrom until a message of a class in `want` with our transaction id arrives."""
         packet = stun.pack_message(request, fingerprint=True)
-        flow = stun_flow_id(request.transaction_id)
+        flow = stun.flow_id(request.transaction_id)
         for attempt in range(self.attempts):
             self.sock.sendto(packet, destination)
             self.reporter.observe(self.sock, "sendto", flow, Role.CLIENT, remote=destination)

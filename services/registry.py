@@ -2,14 +2,8 @@
 
 For every registrant it keeps two names side by side: the one the registrant reports for its own
 socket (`reported`) and the one the registry's accepted socket observes (`observed`). Behind a NAT
-they differ exactly by the NAT's translation.
-
-TCP requests and replies are length-prefixed msgpack frames (shared.framing):
-  {"op": "register", "flow", "name", "reported", "ports"} -> {"ok": true, "observed"}
-  {"op": "lookup", "flow", "name", "reported"}            -> {"ok": true, "registrations": [...]}
-  {"op": "list", "flow", "reported"}                      -> {"ok": true, "registrations": [...]}
-  {"op": "stats", "flow", "reported"}                     -> {"ok": true, "stats": {...}}
-A request it cannot serve gets {"ok": false, "error"}; a stream that is not frames is closed.
+they differ exactly by the NAT's translation. Its request protocol, and the client side of it, is
+shared.registry_protocol; its STUN responder is services.stun_server.
 """
 
 from __future__ import annotations
@@ -21,48 +15,21 @@ import logging
 import selectors
 import socket
 import threading
-import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from services.stun_server import StunResponder
-from services.stun_server import binding_response as binding_response  # re-exported: the STUN API
-from services.stun_server import stun_flow_id as stun_flow_id  # re-exported: both ends name STUN flows
 from shared.config import load_config
-from shared.framing import pack_frame, recv_frame
-from shared.names import Name, create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport, unmap_host
-from shared.record import Role
+from shared.framing import pack_frame
+from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport
+from shared.record import Family, Role
+from shared.registry_protocol import Registration, RegistryOp, lookup
 from shared.reporter import Reporter
 from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
-
-OPS = ("register", "lookup", "list", "stats")
-
-
-@dataclass
-class Registration:
-    """What a registrant said about itself and what the registry saw."""
-
-    name: str
-    reported: Name | None
-    observed: Name
-    ports: dict[str, Any]
-    time: float = field(default_factory=time.time)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The registration as lookup and list replies carry it."""
-        return {
-            "name": self.name,
-            "reported": name_to_wire(self.reported),
-            "observed": name_to_wire(self.observed),
-            "ports": self.ports,
-            "time": self.time,
-        }
 
 
 class RegistryServer:
@@ -79,7 +46,7 @@ class RegistryServer:
     ) -> None:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
-        self.registrations: dict[tuple[str, str], Registration] = {}
+        self.registrations: dict[tuple[str, Family], Registration] = {}
         self.selector = selectors.DefaultSelector()
         self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
         self.port = self.tcp.getsockname()[1]
@@ -159,10 +126,10 @@ class RegistryServer:
         if conn.flow is None:
             conn.flow = flow
             self.observe_requester(conn)
-        if op not in OPS:
+        if op not in RegistryOp.__members__.values():
             raise ValueError(f"unknown op {op!r}")
         self.stats[f"op_{op}"] += 1
-        if op == "register":
+        if op == RegistryOp.REGISTER:
             name = frame["name"]
             if not isinstance(name, str) or not name:
                 raise ValueError("register needs a name")
@@ -171,15 +138,15 @@ class RegistryServer:
                 raise ValueError("register ports must be a map")
             observed = conn.sock.getpeername()
             entry = Registration(name, name_from_wire(frame.get("reported")), observed, ports)
-            self.registrations[(name, family_of(observed))] = entry
+            self.registrations[(name, entry.family)] = entry
             log.info("registered %s: reported %s, observed %s", name, entry.reported, observed)
             return {"ok": True, "observed": name_to_wire(observed)}
-        if op == "lookup":
+        if op == RegistryOp.LOOKUP:
             found = [r.to_wire() for (n, _), r in self.registrations.items() if n == frame["name"]]
             if not found:
                 return {"ok": False, "error": f"no registration for {frame['name']!r}"}
             return {"ok": True, "registrations": found}
-        if op == "list":
+        if op == RegistryOp.LIST:
             return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
         return {"ok": True, "stats": self.all_stats()}
 
@@ -189,52 +156,6 @@ class RegistryServer:
         self.reporter.observe(sock, "accept", flow, Role.SERVER, remote=conn.accepted_from)
         self.reporter.observe(sock, "getsockname", flow, Role.SERVER, local=sock.getsockname())
         self.reporter.observe(sock, "getpeername", flow, Role.SERVER, remote=sock.getpeername())
-
-
-def family_of(name: Name) -> str:
-    """Key registrations by the family the registrant really used, IPv4-mapped names counted as IPv4."""
-    assert isinstance(name, tuple)
-    return "ipv6" if ":" in unmap_host(name[0]) else "ipv4"
-
-
-def new_flow_id() -> str:
-    """A fresh flow id, carried in a flow's first bytes so both ends tag the same flow."""
-    return uuid.uuid4().hex[:16]
-
-
-def request(
-    address: tuple[str, int], payload: dict[str, Any], reporter: Reporter, *, timeout: float = 5.0
-) -> dict[str, Any]:
-    """Send one request to the registry and report the client end's names under a new flow."""
-    flow = new_flow_id()
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(address)
-        reporter.observe(sock, "connect", flow, Role.CLIENT, remote=address)
-        local, peer = sock.getsockname(), sock.getpeername()
-        scenario = f"registry-{payload.get('op')}"
-        reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=peer)
-        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
-        sock.sendall(pack_frame({**payload, "flow": flow, "reported": name_to_wire(local)}))
-        reply = recv_frame(sock)
-    if not reply.get("ok"):
-        raise LookupError(f"registry said: {reply.get('error')}")
-    return reply
-
-
-def register(
-    address: tuple[str, int], name: str, ports: dict[str, Any], reporter: Reporter, *, attempts: int = 50
-) -> dict[str, Any]:
-    """Register `name`, retrying while the registry is not up yet."""
-    payload = {"op": "register", "name": name, "ports": ports}
-    for _ in range(attempts - 1):
-        try:
-            return request(address, payload, reporter)
-        except OSError as exc:
-            log.info("registry %s not reachable yet: %s", address, exc)
-            time.sleep(0.2)
-    return request(address, payload, reporter)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.lookup:
         try:
             address = parse_hostport(cfg.registry.split(",")[0])
-            print(json.dumps(request(address, {"op": "lookup", "name": args.lookup}, reporter)["registrations"]))
+            print(json.dumps([entry.to_wire() for entry in lookup(address, args.lookup, reporter)]))
         finally:
             reporter.close()
             context.term()

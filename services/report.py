@@ -9,30 +9,11 @@ import sys
 import time
 from typing import Any
 
-import msgpack
 import zmq
 
+from shared.collector_protocol import query_collector
 from shared.config import load_config
 from shared.names import format_name, json_name, name_from_wire
-
-
-def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-    """One REQ/REP round trip; raises TimeoutError when the collector does not answer in time."""
-    req = context.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    req.connect(endpoint)
-    try:
-        req.send(msgpack.packb(query, use_bin_type=True))
-        try:
-            reply = msgpack.unpackb(req.recv(), raw=False)
-        except zmq.Again:
-            raise TimeoutError(f"collector at {endpoint} did not answer in {timeout} s") from None
-    finally:
-        req.close()
-    if not reply.get("ok"):
-        raise RuntimeError(f"collector said: {reply.get('error')}")
-    return reply
 
 
 def show(name: Any) -> str:

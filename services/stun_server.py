@@ -25,11 +25,6 @@ log = logging.getLogger(__name__)
 SOFTWARE = "socklab registry"
 
 
-def stun_flow_id(transaction_id: bytes) -> str:
-    """A STUN transaction is a flow; its id is the transaction id, which both ends know."""
-    return "stun-" + transaction_id.hex()
-
-
 def create_udp_socket(host: str, port: int) -> socket.socket:
     """Bind one IPv4 UDP socket to a concrete address, so replies leave from exactly that name."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -108,7 +103,7 @@ class StunResponder:
             self.stats["stun_rejected"] += 1
             self.reporter.reject(sock, "recvfrom", addr, exc)
             return
-        flow = stun_flow_id(request.transaction_id)
+        flow = stun.flow_id(request.transaction_id)
         self.reporter.observe(sock, "recvfrom", flow, Role.SERVER, local=sock.getsockname(), remote=addr)
         out, response = self.respond(sock, request, addr)
         try:

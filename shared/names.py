@@ -14,22 +14,10 @@ from typing import Any, TypeAlias
 Name: TypeAlias = tuple[Any, ...] | str | bytes
 Endpoint: TypeAlias = tuple[str, int] | str | bytes
 
-FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix"}
 
-
-def family_name(family: int) -> str:
-    """Name an address family the way the report record spells it."""
-    try:
-        return FAMILY_NAMES[family]
-    except KeyError:
-        raise ValueError(f"unsupported address family {family}") from None
-
-
-def proto_name(sock: socket.socket) -> str:
-    """Say whether a socket carries tcp, udp or unix traffic."""
-    if sock.family == socket.AF_UNIX:
-        return "unix"
-    return "tcp" if sock.type == socket.SOCK_STREAM else "udp"
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family a host string needs: AF_INET6 for an IPv6 literal, else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def name_to_wire(name: Name | None) -> Any:

@@ -24,7 +24,9 @@ abstract Unix name): a tuple exactly as the socket call returned it, never cut t
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -36,8 +38,21 @@ from shared.names import Name, name_from_wire, name_to_wire
 
 SCHEMA_VERSION = 1
 
-SEED_METHODS = ("accept", "bind", "connect", "getpeername", "getsockname", "recvfrom", "sendto")
-METHODS = (*SEED_METHODS, "recvmsg")
+
+class Method(StrEnum):
+    """The socket call that produced a name: the seed chapter's seven, and recvmsg for arrival addresses."""
+
+    ACCEPT = "accept"
+    BIND = "bind"
+    CONNECT = "connect"
+    GETPEERNAME = "getpeername"
+    GETSOCKNAME = "getsockname"
+    RECVFROM = "recvfrom"
+    SENDTO = "sendto"
+    RECVMSG = "recvmsg"
+
+
+SEED_METHODS = tuple(m for m in Method if m is not Method.RECVMSG)
 
 
 class Role(StrEnum):
@@ -54,8 +69,40 @@ class Proto(StrEnum):
     UDP = "udp"
     UNIX = "unix"
 
+    @classmethod
+    def of(cls, sock: socket.socket) -> Proto:
+        """Say whether a socket carries tcp, udp or unix traffic."""
+        if sock.family == socket.AF_UNIX:
+            return cls.UNIX
+        return cls.TCP if sock.type == socket.SOCK_STREAM else cls.UDP
 
-FAMILIES = ("ipv4", "ipv6", "unix")
+
+class Family(StrEnum):
+    """The address family of a record's socket, as the report spells it."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+    UNIX = "unix"
+
+    @classmethod
+    def of(cls, family: int) -> Family:
+        """Name a socket's address family the way the record spells it."""
+        try:
+            return FAMILY_BY_AF[family]
+        except KeyError:
+            raise ValueError(f"unsupported address family {family}") from None
+
+
+FAMILY_BY_AF: dict[int, Family] = {
+    socket.AF_INET: Family.IPV4,
+    socket.AF_INET6: Family.IPV6,
+    socket.AF_UNIX: Family.UNIX,
+}
+
+
+def new_flow_id() -> str:
+    """A fresh flow id, carried in a flow's first bytes so both ends tag the same flow."""
+    return uuid.uuid4().hex[:16]
 
 
 @dataclass(frozen=True)
@@ -67,8 +114,8 @@ class Observation:
     flow: str | None
     role: Role
     proto: Proto
-    family: str
-    method: str
+    family: Family
+    method: Method
     local: Name | None = None
     remote: Name | None = None
     time: float = field(default_factory=time.time)
@@ -87,8 +134,8 @@ def pack_observation(obs: Observation) -> bytes:
             "flow": obs.flow,
             "role": str(obs.role),
             "proto": str(obs.proto),
-            "family": obs.family,
-            "method": obs.method,
+            "family": str(obs.family),
+            "method": str(obs.method),
             "local": name_to_wire(obs.local),
             "remote": name_to_wire(obs.remote),
             "drops": obs.drops,
@@ -119,9 +166,9 @@ def unpack_observation(data: bytes) -> Observation:
         raise ValueError(f"record role {role!r} is unknown")
     if proto not in Proto.__members__.values():
         raise ValueError(f"record proto {proto!r} is unknown")
-    if family not in FAMILIES:
+    if family not in Family.__members__.values():
         raise ValueError(f"record family {family!r} is unknown")
-    if method not in METHODS:
+    if method not in Method.__members__.values():
         raise ValueError(f"record method {method!r} is unknown")
     flow = obj.get("flow")
     if flow is not None and not isinstance(flow, str):
@@ -132,8 +179,8 @@ def unpack_observation(data: bytes) -> Observation:
         flow=flow,
         role=Role(role),
         proto=Proto(proto),
-        family=family,
-        method=method,
+        family=Family(family),
+        method=Method(method),
         local=name_from_wire(obj.get("local")),
         remote=name_from_wire(obj.get("remote")),
         time=float(_field(obj, "time", (int, float))),

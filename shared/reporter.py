@@ -12,8 +12,8 @@ from typing import Any
 
 import zmq
 
-from shared.names import Name, family_name, proto_name
-from shared.record import Observation, Proto, Role, pack_observation
+from shared.names import Name
+from shared.record import Family, Method, Observation, Proto, Role, pack_observation
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class Reporter:
                 host=self.host,
                 flow=flow,
                 role=role,
-                proto=Proto(proto_name(sock)),
-                family=family_name(sock.family),
-                method=method,
+                proto=Proto.of(sock),
+                family=Family.of(sock.family),
+                method=Method(method),
                 local=local,
                 remote=remote,
                 drops=self.dropped,

@@ -126,6 +126,11 @@ class Message:
         return self.cookie != MAGIC_COOKIE
 
 
+def flow_id(transaction_id: bytes) -> str:
+    """A STUN transaction is a flow; its id is the transaction id, which both ends know."""
+    return "stun-" + transaction_id.hex()
+
+
 def binding_request(change: int = 0, transaction_id: bytes | None = None) -> Message:
     """A Binding request; `change` (CHANGE_IP, CHANGE_PORT) asks RFC 5780 for an answer from elsewhere."""
     if change & ~(CHANGE_IP | CHANGE_PORT):

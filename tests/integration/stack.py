@@ -19,7 +19,7 @@ from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
 
 import docker
-from services.report import query_collector
+from shared.collector_protocol import query_collector
 from shared.names import unmap_host
 
 ROOT = Path(__file__).resolve().parents[2]

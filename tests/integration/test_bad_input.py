@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 GARBAGE = r"""
 import json, socket, struct, sys
 import msgpack, zmq
-from services.registry import request
+from shared.registry_protocol import request
 from shared.framing import pack_frame, recv_frame
 from shared.reporter import Reporter
 

@@ -11,8 +11,9 @@ import pytest
 from services import client
 from services.client import Outcome, Target, find_echo, plan_targets, run_scenarios, scenario_runners
 from services.echo import EchoServer
-from services.registry import RegistryServer, register
+from services.registry import RegistryServer
 from shared.names import endpoint, name_from_wire
+from shared.registry_protocol import register
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, free_port
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from services.collector import Collector, Store, serve_page
-from services.report import query_collector
+from shared.collector_protocol import query_collector
 from shared.record import Observation, Proto, Role, pack_observation
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket

@@ -13,16 +13,15 @@ from shared.names import (
     create_dual_stack_socket,
     enable_pktinfo,
     endpoint,
-    family_name,
     format_name,
     name_from_wire,
     name_to_wire,
     parse_hostport,
     pktinfo_space,
-    proto_name,
     route_source,
     unmap_host,
 )
+from shared.record import Family, Proto
 
 pytestmark = pytest.mark.unit
 
@@ -104,12 +103,12 @@ def test_names_cross_the_wire_as_lists_and_come_back_as_tuples() -> None:
 
 def test_family_and_proto_come_from_the_socket() -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp, socket.socket(socket.AF_UNIX) as unix:
-        assert (family_name(udp.family), proto_name(udp)) == ("ipv6", "udp")
-        assert (family_name(unix.family), proto_name(unix)) == ("unix", "unix")
+        assert (Family.of(udp.family), Proto.of(udp)) == ("ipv6", "udp")
+        assert (Family.of(unix.family), Proto.of(unix)) == ("unix", "unix")
     with socket.socket() as tcp:
-        assert (family_name(tcp.family), proto_name(tcp)) == ("ipv4", "tcp")
+        assert (Family.of(tcp.family), Proto.of(tcp)) == ("ipv4", "tcp")
     with pytest.raises(ValueError, match="unsupported address family"):
-        family_name(socket.AF_PACKET)
+        Family.of(socket.AF_PACKET)
 
 
 @pytest.fixture

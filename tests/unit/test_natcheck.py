@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services import natcheck
-from services.registry import RegistryServer, stun_flow_id
+from services.registry import RegistryServer
 from services.report import format_table
 from services.stun_server import check_addresses
 from shared import stun
@@ -213,7 +213,7 @@ def test_every_transaction_is_reported_under_its_flow(
 ) -> None:
     name = names(rfc5780_registry)
     _, source = exchange(udp, stun.binding_request(stun.CHANGE_IP, TID), name["A1:P1"])
-    flow = stun_flow_id(TID)
+    flow = stun.flow_id(TID)
     records = wait_until(lambda: len(live_collector.records(flow)) >= 2 and live_collector.records(flow), flow)
     by_method = {r.method: r for r in records}
     assert {r.role for r in records} == {Role.SERVER} and set(by_method) == {"recvfrom", "sendto"}

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.registry import RegistryServer, request
+from services.registry import RegistryServer
 from shared import stun
 from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
+from shared.registry_protocol import request
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, wait_until
 

@@ -1,0 +1,348 @@
+"""The report, typed: flows, their ends, NAT checks and counts, one definition for every reader.
+
+The collector builds a Report; the query protocol (shared.collector_protocol), `socklab report
+--json` and the page's /report.json carry `Report.to_wire()`; the table, the page, the tests and
+the pytest plugin read `Report.from_wire()`. Names on the wire are as shared.names.name_to_wire
+writes them. The JSON keys are a contract: new keys may be added, none renamed or removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from shared.names import Name, name_from_wire, name_to_wire
+from shared.nat import Behaviour
+from shared.record import Family, Proto
+
+
+class FlowVerdict(StrEnum):
+    """What lay between the two ends of a flow."""
+
+    DIRECT = "direct"
+    SNAT = "snat"
+    DNAT = "dnat"
+    PROXIED = "proxied"
+    UNMATCHED = "unmatched"
+
+
+def _map(obj: Any, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} is a {type(obj).__name__}, not a map")
+    return obj
+
+
+def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+        raise ValueError(f"{what} {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _counts(obj: Any, what: str) -> dict[str, int]:
+    counts = _map(obj, what)
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in counts.items()):
+        raise ValueError(f"{what} must map names to counts")
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class FlowEnd:
+    """One end of a flow as its own records tell it."""
+
+    service: str
+    host: str
+    family: Family
+    sockname: Name | None
+    peername: Name | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The end as the report carries it."""
+        return {
+            "service": self.service,
+            "host": self.host,
+            "family": str(self.family),
+            "sockname": name_to_wire(self.sockname),
+            "peername": name_to_wire(self.peername),
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> FlowEnd:
+        """Check and read an end."""
+        end = _map(obj, "flow end")
+        family = _typed(end, "family", str, "flow end")
+        if family not in Family.__members__.values():
+            raise ValueError(f"flow end family {family!r} is unknown")
+        return cls(
+            service=_typed(end, "service", str, "flow end"),
+            host=_typed(end, "host", str, "flow end"),
+            family=Family(family),
+            sockname=name_from_wire(end.get("sockname")),
+            peername=name_from_wire(end.get("peername")),
+        )
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Both ends of one flow and the verdict on what lay between them."""
+
+    flow: str
+    proto: Proto
+    family: Family
+    scenario: str | None
+    client: FlowEnd | None
+    server: FlowEnd | None
+    verdict: FlowVerdict
+    port_preserved: bool | None
+
+    @property
+    def complete(self) -> bool:
+        """Both ends joined and the client's closing record (the one naming its scenario) is in."""
+        return self.verdict != FlowVerdict.UNMATCHED and self.scenario is not None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The flow as the report carries it."""
+        return {
+            "flow": self.flow,
+            "proto": str(self.proto),
+            "family": str(self.family),
+            "scenario": self.scenario,
+            "client": self.client.to_wire() if self.client else None,
+            "server": self.server.to_wire() if self.server else None,
+            "verdict": str(self.verdict),
+            "port_preserved": self.port_preserved,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Flow:
+        """Check and read a flow."""
+        flow = _map(obj, "flow")
+        proto, family, verdict = (_typed(flow, key, str, "flow") for key in ("proto", "family", "verdict"))
+        if proto not in Proto.__members__.values():
+            raise ValueError(f"flow proto {proto!r} is unknown")
+        if family not in Family.__members__.values():
+            raise ValueError(f"flow family {family!r} is unknown")
+        if verdict not in FlowVerdict.__members__.values():
+            raise ValueError(f"flow verdict {verdict!r} is unknown")
+        scenario, preserved = flow.get("scenario"), flow.get("port_preserved")
+        if scenario is not None and not isinstance(scenario, str):
+            raise ValueError(f"flow 'scenario' has type {type(scenario).__name__}")
+        if preserved is not None and not isinstance(preserved, bool):
+            raise ValueError(f"flow 'port_preserved' has type {type(preserved).__name__}")
+        return cls(
+            flow=_typed(flow, "flow", str, "flow"),
+            proto=Proto(proto),
+            family=Family(family),
+            scenario=scenario,
+            client=FlowEnd.from_wire(flow["client"]) if flow.get("client") is not None else None,
+            server=FlowEnd.from_wire(flow["server"]) if flow.get("server") is not None else None,
+            verdict=FlowVerdict(verdict),
+            port_preserved=preserved,
+        )
+
+
+Address = tuple[str, int]
+
+
+def _address(obj: Any, what: str, *, optional: bool = False) -> Address | None:
+    if obj is None and optional:
+        return None
+    if (
+        not isinstance(obj, list | tuple)
+        or len(obj) != 2
+        or not isinstance(obj[0], str)
+        or not isinstance(obj[1], int)
+        or isinstance(obj[1], bool)
+        or not 0 <= obj[1] <= 65535
+    ):
+        raise ValueError(f"{what} must be [host, port], not {obj!r}")
+    return (obj[0], obj[1])
+
+
+def _address_to_wire(address: Address | None) -> list[Any] | None:
+    return list(address) if address is not None else None
+
+
+@dataclass(frozen=True)
+class StunTransaction:
+    """One RFC 5780 test as natcheck's client saw it: where it sent, and what came back from where."""
+
+    name: str
+    local: Address
+    destination: Address
+    mapped: Address | None = None
+    source: Address | None = None
+    response_origin: Address | None = None
+    other_address: Address | None = None
+    error: tuple[int, str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The transaction as natcheck's JSON and the report carry it."""
+        return {
+            "name": self.name,
+            "local": _address_to_wire(self.local),
+            "destination": _address_to_wire(self.destination),
+            "mapped": _address_to_wire(self.mapped),
+            "source": _address_to_wire(self.source),
+            "response_origin": _address_to_wire(self.response_origin),
+            "other_address": _address_to_wire(self.other_address),
+            "error": list(self.error) if self.error is not None else None,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> StunTransaction:
+        """Check and read a transaction."""
+        test = _map(obj, "natcheck test")
+        error = test.get("error")
+        if error is not None and not (
+            isinstance(error, list | tuple)
+            and len(error) == 2
+            and isinstance(error[0], int)
+            and not isinstance(error[0], bool)
+            and isinstance(error[1], str)
+        ):
+            raise ValueError(f"natcheck test error must be [code, reason], not {error!r}")
+        local = _address(test.get("local"), "natcheck test local")
+        destination = _address(test.get("destination"), "natcheck test destination")
+        assert local is not None and destination is not None
+        return cls(
+            name=_typed(test, "name", str, "natcheck test"),
+            local=local,
+            destination=destination,
+            mapped=_address(test.get("mapped"), "natcheck test mapped", optional=True),
+            source=_address(test.get("source"), "natcheck test source", optional=True),
+            response_origin=_address(test.get("response_origin"), "natcheck test response_origin", optional=True),
+            other_address=_address(test.get("other_address"), "natcheck test other_address", optional=True),
+            error=(error[0], error[1]) if error is not None else None,
+        )
+
+
+def _behaviour(obj: dict[str, Any], key: str) -> Behaviour:
+    value = _typed(obj, key, str, "natcheck")
+    if value not in Behaviour.__members__.values():
+        raise ValueError(f"natcheck {key} {value!r} is unknown")
+    return Behaviour(value)
+
+
+@dataclass(frozen=True)
+class NatCheckResult:
+    """What RFC 5780's tests found about the NAT in front of one host (natcheck's summary)."""
+
+    mapping: Behaviour
+    filtering: Behaviour
+    port_preserved: bool
+    hairpin: bool
+    mapped_address: Address
+    local_address: Address
+    server: Address
+    other_address: Address | None
+    tests: tuple[StunTransaction, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The summary as `socklab natcheck --json` prints it and its record's extra carries it."""
+        return {
+            "mapping": str(self.mapping),
+            "filtering": str(self.filtering),
+            "port_preserved": self.port_preserved,
+            "hairpin": self.hairpin,
+            "mapped_address": _address_to_wire(self.mapped_address),
+            "local_address": _address_to_wire(self.local_address),
+            "server": _address_to_wire(self.server),
+            "other_address": _address_to_wire(self.other_address),
+            "tests": [test.to_wire() for test in self.tests],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> NatCheckResult:
+        """Check and read a summary; anything malformed raises ValueError."""
+        result = _map(obj, "natcheck")
+        tests = result.get("tests", [])
+        if not isinstance(tests, list):
+            raise ValueError("natcheck 'tests' must be a list")
+        mapped = _address(result.get("mapped_address"), "natcheck mapped_address")
+        local = _address(result.get("local_address"), "natcheck local_address")
+        server = _address(result.get("server"), "natcheck server")
+        assert mapped is not None and local is not None and server is not None
+        return cls(
+            mapping=_behaviour(result, "mapping"),
+            filtering=_behaviour(result, "filtering"),
+            port_preserved=_typed(result, "port_preserved", bool, "natcheck"),
+            hairpin=_typed(result, "hairpin", bool, "natcheck"),
+            mapped_address=mapped,
+            local_address=local,
+            server=server,
+            other_address=_address(result.get("other_address"), "natcheck other_address", optional=True),
+            tests=tuple(StunTransaction.from_wire(test) for test in tests),
+        )
+
+
+@dataclass(frozen=True)
+class NatCheck:
+    """A natcheck result as the collector holds it: who ran it, where and when."""
+
+    service: str
+    host: str
+    time: float
+    result: NatCheckResult
+
+    def to_wire(self) -> dict[str, Any]:
+        """One entry of the report's natchecks: the summary's keys beside service, host and time."""
+        return {"service": self.service, "host": self.host, "time": self.time, **self.result.to_wire()}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> NatCheck:
+        """Check and read a report's natcheck entry."""
+        check = _map(obj, "natcheck")
+        return cls(
+            service=_typed(check, "service", str, "natcheck"),
+            host=_typed(check, "host", str, "natcheck"),
+            time=float(_typed(check, "time", (int, float), "natcheck")),
+            result=NatCheckResult.from_wire(check),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a reader needs: joined flows, NAT checks, and the counts that say nothing was lost."""
+
+    flows: tuple[Flow, ...] = ()
+    methods: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    rejected: int = 0
+    service_rejects: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    natchecks: tuple[NatCheck, ...] = ()
+
+    def flow(self, flow_id: str) -> Flow | None:
+        """The flow with this id, if the report holds it."""
+        return next((flow for flow in self.flows if flow.flow == flow_id), None)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The report as the query reply, `socklab report --json` and /report.json carry it."""
+        return {
+            "flows": [flow.to_wire() for flow in self.flows],
+            "methods": dict(self.methods),
+            "records": self.records,
+            "rejected": self.rejected,
+            "service_rejects": dict(self.service_rejects),
+            "drops": dict(self.drops),
+            "natchecks": [check.to_wire() for check in self.natchecks],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Report:
+        """Check and read a report (extra keys, such as a reply's "ok", are ignored)."""
+        report = _map(obj, "report")
+        flows, natchecks = report.get("flows", []), report.get("natchecks", [])
+        if not isinstance(flows, list) or not isinstance(natchecks, list):
+            raise ValueError("report 'flows' and 'natchecks' must be lists")
+        return cls(
+            flows=tuple(Flow.from_wire(flow) for flow in flows),
+            methods=_counts(report.get("methods", {}), "report 'methods'"),
+            records=_typed(report, "records", int, "report"),
+            rejected=_typed(report, "rejected", int, "report"),
+            service_rejects=_counts(report.get("service_rejects", {}), "report 'service_rejects'"),
+            drops=_counts(report.get("drops", {}), "report 'drops'"),
+            natchecks=tuple(NatCheck.from_wire(check) for check in natchecks),
+        )
