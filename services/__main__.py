@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import signal
 import sys
+
+from shared.config import load_config
 
 COMMANDS = {
     "echo": "services.echo",
@@ -17,6 +18,7 @@ COMMANDS = {
     "report": "services.report",
     "health": "services.health",
     "natcheck": "services.natcheck",
+    "config": "shared.config",
 }
 
 
@@ -29,9 +31,11 @@ def main() -> None:
     """Dispatch to a subcommand's main()."""
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         sys.exit(f"usage: socklab {{{','.join(COMMANDS)}}} [options]")
-    logging.basicConfig(
-        level=os.environ.get("SOCKLAB_LOG", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    try:
+        cfg = load_config(sys.argv[1])
+    except ValueError as exc:
+        sys.exit(f"socklab: {exc}")
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, stop)
     importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:])
 

@@ -3,7 +3,8 @@
 Every scenario reports its getsockname last, carrying the scenario's name: its arrival tells the
 collector the client's end of the flow is complete.
 
-Scenarios, for each address family echo registered from:
+The scenarios are one table, SCENARIOS: a row per scenario (name, kind, proto, family, runner), so a
+new scenario is a new row. Kinds, each for IPv4 and IPv6 where echo registered from that family:
   tcp        connect() from an ephemeral port
   tcp-bound  bind() to an explicit source port, then connect()
   udp        connect()ed UDP: send() and recv()
@@ -21,9 +22,8 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 
@@ -39,8 +39,8 @@ from shared.echo_protocol import (
 )
 from shared.framing import recv_frame
 from shared.names import Name, address_family, format_name, name_to_wire, parse_hostport, route_source
-from shared.record import Role, new_flow_id
-from shared.registry_protocol import lookup, register
+from shared.record import Family, Proto, Role, new_flow_id
+from shared.registry_protocol import Registration, lookup, register
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,13 @@ PAYLOAD = b"socklab " * 64
 TIMEOUT = 3.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """Where a scenario sends to: an IP (host, port) for tcp and udp, a path for unix."""
+    """Where one scenario sends to (an IP (host, port), or a path for unix), and the source port tcp-bound binds."""
 
-    scenario: str
+    scenario: Scenario
     address: tuple[str, int] | str
+    bind_port: int = 0
 
 
 @dataclass
@@ -68,22 +69,32 @@ class Outcome:
     reflexive: Name | None
 
 
-def run_stream(reporter: Reporter, target: Target, bind_port: int | None = None) -> Outcome:
+def run_stream(reporter: Reporter, target: Target) -> Outcome:
+    """One stream flow from an ephemeral port: connect, hello, echo, and every name reported."""
+    return stream_flow(reporter, target, bind=False)
+
+
+def run_bound_stream(reporter: Reporter, target: Target) -> Outcome:
+    """One stream flow from the explicit source port: bind, connect, hello, echo."""
+    return stream_flow(reporter, target, bind=True)
+
+
+def stream_flow(reporter: Reporter, target: Target, bind: bool) -> Outcome:
     """One stream flow: [bind], connect, hello, echo, and every name reported."""
     flow = new_flow_id()
     family = socket.AF_UNIX if isinstance(target.address, str) else address_family(target.address[0])
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
-        if bind_port is not None:
+        if bind:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", bind_port))
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", target.bind_port))
             reporter.observe(sock, "bind", flow, Role.CLIENT, local=sock.getsockname())
         sock.connect(target.address)
         reporter.observe(sock, "connect", flow, Role.CLIENT, remote=target.address)
         sock.sendall(pack_hello(Hello(flow, len(PAYLOAD))) + PAYLOAD)
         reflexive = reflection_from_wire(recv_frame(sock), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         echoed = bytearray()
@@ -91,7 +102,7 @@ def run_stream(reporter: Reporter, target: Target, bind_port: int | None = None)
             echoed += chunk
         if bytes(echoed) != PAYLOAD:
             raise ValueError(f"echo returned {len(echoed)} bytes, not the {len(PAYLOAD)} sent")
-    return Outcome(flow, target.scenario, local, remote, reflexive)
+    return Outcome(flow, target.scenario.name, local, remote, reflexive)
 
 
 def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
@@ -105,10 +116,10 @@ def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
         sock.send(pack_datagram(Datagram(flow, PAYLOAD)))
         reflexive = unpack_reflection_datagram(sock.recv(MAX_DATAGRAM), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
-    return Outcome(flow, target.scenario, local, remote, reflexive)
+    return Outcome(flow, target.scenario.name, local, remote, reflexive)
 
 
 def run_udp_sendto(reporter: Reporter, target: Target) -> Outcome:
@@ -126,28 +137,42 @@ def run_udp_sendto(reporter: Reporter, target: Target) -> Outcome:
         data, remote = sock.recvfrom(MAX_DATAGRAM)
         reflexive = unpack_reflection_datagram(data, flow).peer
         reporter.observe(sock, "recvfrom", flow, Role.CLIENT, remote=remote)
-        extra = {"scenario": target.scenario, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=sock.getsockname(), extra=extra)
-    return Outcome(flow, target.scenario, local, remote, reflexive)
+    return Outcome(flow, target.scenario.name, local, remote, reflexive)
 
 
 Runner = Callable[[Reporter, Target], Outcome]
 
 
-def scenario_runners(bind_port: int) -> dict[str, Runner]:
-    """Every scenario kind by name."""
-    return {
-        "tcp": run_stream,
-        "tcp-bound": lambda reporter, target: run_stream(reporter, target, bind_port),
-        "udp": run_udp_connected,
-        "udp-sendto": run_udp_sendto,
-        "unix": run_stream,
-    }
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the client's scenarios: its name in records and the report, its kind (--scenario), how it runs."""
+
+    name: str
+    kind: str
+    proto: Proto
+    family: Family
+    run: Runner
 
 
-def find_echo(registries: list[tuple[str, int]], reporter: Reporter) -> dict[str, tuple[str, dict[str, Any]]]:
+SCENARIOS = (
+    Scenario("tcp4", "tcp", Proto.TCP, Family.IPV4, run_stream),
+    Scenario("tcp6", "tcp", Proto.TCP, Family.IPV6, run_stream),
+    Scenario("tcp-bound4", "tcp-bound", Proto.TCP, Family.IPV4, run_bound_stream),
+    Scenario("tcp-bound6", "tcp-bound", Proto.TCP, Family.IPV6, run_bound_stream),
+    Scenario("udp4", "udp", Proto.UDP, Family.IPV4, run_udp_connected),
+    Scenario("udp6", "udp", Proto.UDP, Family.IPV6, run_udp_connected),
+    Scenario("udp-sendto4", "udp-sendto", Proto.UDP, Family.IPV4, run_udp_sendto),
+    Scenario("udp-sendto6", "udp-sendto", Proto.UDP, Family.IPV6, run_udp_sendto),
+    Scenario("unix", "unix", Proto.UNIX, Family.UNIX, run_stream),
+)
+KINDS = tuple(dict.fromkeys(s.kind for s in SCENARIOS))
+
+
+def find_echo(registries: Sequence[tuple[str, int]], reporter: Reporter) -> dict[Family, Registration]:
     """Ask the registry where echo is, by address family: the address the registry observed echo at."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    found: dict[Family, Registration] = {}
     for address in registries:
         try:
             registrations = lookup(address, "echo", reporter)
@@ -155,21 +180,24 @@ def find_echo(registries: list[tuple[str, int]], reporter: Reporter) -> dict[str
             log.warning("lookup at %s failed: %s", format_name(address), exc)
             continue
         for entry in registrations:
-            found["6" if entry.family == "ipv6" else "4"] = (entry.host, entry.ports)
+            found[entry.family] = entry
     return found
 
 
-def plan_targets(echo: dict[str, tuple[str, dict[str, Any]]], unix_path: str | None, kinds: list[str]) -> list[Target]:
-    """Turn echo's addresses into one target per scenario kind and family."""
+def plan_targets(
+    echo: dict[Family, Registration], unix_path: str | None, kinds: Sequence[str], bind_port: int
+) -> list[Target]:
+    """One target per scenario of the chosen kinds that echo can be reached for: its family registered, or its path."""
     targets = []
-    for kind in kinds:
-        if kind == "unix":
-            if unix_path and os.path.exists(unix_path):
-                targets.append(Target("unix", unix_path))
+    for scenario in SCENARIOS:
+        if scenario.kind not in kinds:
             continue
-        proto = "tcp" if kind.startswith("tcp") else "udp"
-        for fam, (host, ports) in sorted(echo.items()):
-            targets.append(Target(f"{kind}{fam}", (host, int(ports[proto]))))
+        if scenario.family == Family.UNIX:
+            if unix_path and os.path.exists(unix_path):
+                targets.append(Target(scenario, unix_path))
+        elif registration := echo.get(scenario.family):
+            port = int(registration.ports[scenario.proto])
+            targets.append(Target(scenario, (registration.host, port), bind_port))
     return targets
 
 
@@ -187,18 +215,14 @@ def print_outcome(outcome: Outcome, as_json: bool) -> None:
     )
 
 
-def run_scenarios(
-    reporter: Reporter, targets: list[Target], bind_port: int, as_json: bool = False
-) -> list[Outcome | Exception]:
+def run_scenarios(reporter: Reporter, targets: list[Target], as_json: bool = False) -> list[Outcome | Exception]:
     """Run every target once; a failing scenario is logged and the rest still run."""
-    runners = scenario_runners(bind_port)
     results: list[Outcome | Exception] = []
     for target in targets:
-        kind = target.scenario.rstrip("46")
         try:
-            outcome = runners[kind](reporter, target)
+            outcome = target.scenario.run(reporter, target)
         except (OSError, ValueError, EOFError) as exc:
-            log.warning("%s to %s failed: %s", target.scenario, format_name(target.address), exc)
+            log.warning("%s to %s failed: %s", target.scenario.name, format_name(target.address), exc)
             results.append(exc)
             continue
         print_outcome(outcome, as_json)
@@ -211,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config("client")
     parser = argparse.ArgumentParser(prog="socklab client", description=main.__doc__)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of scenarios to run")
-    parser.add_argument("--scenario", action="append", choices=sorted(scenario_runners(0)), help="kinds to run")
+    parser.add_argument("--scenario", action="append", choices=sorted(KINDS), help="kinds to run")
     parser.add_argument("--echo", help="echo's host:port, instead of asking the registry")
     parser.add_argument("--bind-port", type=int, default=cfg.bind_port, help="source port for tcp-bound")
     parser.add_argument("--serve", action="store_true", help="after the first round, stay up for exec")
@@ -221,20 +245,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
-    registries = [parse_hostport(a) for a in cfg.registry.split(",")]
     failures = 0
     try:
         if args.register:
-            register(registries[0], cfg.service, {}, reporter)
+            register(cfg.registries[0], cfg.service, {}, reporter)
         if args.echo:
             host, port = parse_hostport(args.echo)
-            echo = {"6" if ":" in host else "4": (host, {"tcp": port, "udp": port})}
+            given = Registration("echo", None, (host, port), {Proto.TCP: port, Proto.UDP: port})
+            echo = {given.family: given}
         else:
-            echo = find_echo(registries, reporter)
-        kinds = args.scenario or list(scenario_runners(0))
-        targets = plan_targets(echo, cfg.unix_path, kinds)
+            echo = find_echo(cfg.registries, reporter)
+        targets = plan_targets(echo, cfg.unix_path, args.scenario or KINDS, args.bind_port)
         for _ in range(args.repeat):
-            results = run_scenarios(reporter, targets, args.bind_port, args.json)
+            results = run_scenarios(reporter, targets, args.json)
             failures += sum(isinstance(r, Exception) for r in results)
         if args.serve:
             with open(args.ready_file, "w") as f:

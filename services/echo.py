@@ -24,7 +24,7 @@ from shared.echo_protocol import (
     unpack_datagram,
     unpack_hello,
 )
-from shared.names import arrival_address, create_dual_stack_socket, enable_pktinfo, parse_hostport, pktinfo_space
+from shared.names import arrival_address, create_dual_stack_socket, enable_pktinfo, pktinfo_space
 from shared.record import Role
 from shared.registry_protocol import register
 from shared.reporter import Reporter
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     reporter = Reporter(context, cfg.collector, cfg.service)
     server = EchoServer(reporter, args.port, args.unix or None)
     ports = {"tcp": server.port, "udp": server.port, "unix": args.unix}
-    for address in cfg.registry.split(","):
-        register(parse_hostport(address), cfg.service, ports, reporter)
+    for address in cfg.registries:
+        register(address, cfg.service, ports, reporter)
     server.listen()
     log.info("echo serving on port %d and %s", server.port, args.unix or "no Unix socket")
     try:

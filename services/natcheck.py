@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the RFC 5780 tests against the registry's STUN port and print what the NAT does."""
     cfg = load_config("natcheck")
     parser = argparse.ArgumentParser(prog="socklab natcheck", description=main.__doc__)
-    default_server = f"{parse_hostport(cfg.registry.split(',')[0])[0]}:{cfg.stun_port}"
+    default_server = format_name((cfg.registries[0][0], cfg.stun_port))
     parser.add_argument("--server", metavar="HOST[:PORT]", default=default_server, help="default %(default)s")
     parser.add_argument("--json", action="store_true", help="print one JSON object for machines")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=0.4, help="wait per send (0.4)")

@@ -23,7 +23,7 @@ import zmq
 from services.stun_server import StunResponder
 from shared.config import load_config
 from shared.framing import pack_frame
-from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire, parse_hostport
+from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire
 from shared.record import Family, Role
 from shared.registry_protocol import Registration, RegistryOp, lookup
 from shared.reporter import Reporter
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     reporter = Reporter(context, cfg.collector, cfg.service)
     if args.lookup:
         try:
-            address = parse_hostport(cfg.registry.split(",")[0])
-            print(json.dumps([entry.to_wire() for entry in lookup(address, args.lookup, reporter)]))
+            print(json.dumps([entry.to_wire() for entry in lookup(cfg.registries[0], args.lookup, reporter)]))
         finally:
             reporter.close()
             context.term()

@@ -1,39 +1,204 @@
-"""Configuration from environment variables, each with a documented default.
+"""Configuration: every environment variable socklab reads, declared once and parsed once.
 
-| variable            | default                    | meaning                                            |
-|---------------------|----------------------------|----------------------------------------------------|
-| SOCKLAB_SERVICE     | the subcommand's name      | service name written into every report             |
-| SOCKLAB_COLLECTOR   | tcp://collector:5555       | collector's ZeroMQ PULL endpoint (reports)         |
-| SOCKLAB_QUERY       | tcp://collector:5556       | collector's ZeroMQ REP endpoint (queries)          |
-| SOCKLAB_REGISTRY    | registry:5300              | registry's TCP host:port, comma-separated for several |
-| SOCKLAB_ECHO_PORT   | 7007                       | echo's TCP and UDP port                            |
-| SOCKLAB_UNIX_PATH   | /run/socklab/echo.sock     | echo's Unix stream socket                          |
-| SOCKLAB_REGISTRY_PORT | 5300                     | registry's TCP port                                |
-| SOCKLAB_STUN_PORT   | 3478                       | registry's STUN port (UDP)                         |
-| SOCKLAB_STUN_ADDRESSES | (empty)                 | primary,alternate IPv4 for RFC 5780; empty: one dual-stack socket |
-| SOCKLAB_STUN_ALT_PORT | 3479                     | RFC 5780's alternate STUN port                     |
-| SOCKLAB_STORE       | /var/lib/socklab/records.bin | collector's append-only store                    |
-| SOCKLAB_INGEST_PORT | 5555                       | collector's PULL port                              |
-| SOCKLAB_QUERY_PORT  | 5556                       | collector's REP port                               |
-| SOCKLAB_HTTP_PORT   | 8080                       | collector's live page (/ and /report.json)         |
-| SOCKLAB_BIND_PORT   | 47000                      | the client's explicit source port (tcp-bound)      |
+SETTINGS is the one declaration (variable, default, meaning, parser); README.md's configuration table
+is generated from it (`socklab config --markdown`), and a unit test keeps the two equal.
 """
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shared.names import parse_hostport
+from shared.nat import ROUTER_FILTERS, Behaviour, NatMode
+
+Address = tuple[str, int]
+T = TypeVar("T")
+SWITCH_WORDS = {"on": True, "off": False}
+
+
+def parse_port(text: str) -> int:
+    """A TCP or UDP port number, 0 letting the kernel choose."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def parse_text(text: str) -> str:
+    """Any non-empty string: endpoints, paths, service names."""
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def parse_addresses(text: str) -> tuple[Address, ...]:
+    """Comma-separated host:port or [v6]:port, at least one."""
+    addresses = tuple(parse_hostport(item.strip()) for item in text.split(",") if item.strip())
+    if not addresses:
+        raise ValueError("needs at least one host:port")
+    return addresses
+
+
+def parse_ipv4_address(text: str) -> ipaddress.IPv4Address:
+    """One IPv4 address, with an error that says so."""
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4 address ({exc})") from None
+
+
+def parse_ipv4_hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated IPv4 addresses, possibly none."""
+    return tuple(str(parse_ipv4_address(item.strip())) for item in text.split(",") if item.strip())
+
+
+def parse_nat_mode(text: str) -> NatMode:
+    """One of the router's mappings."""
+    try:
+        return NatMode(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not one of {', '.join(NatMode)}") from None
+
+
+def parse_router_filter(text: str) -> Behaviour:
+    """One of the filtering behaviours the router can set up."""
+    if text not in ROUTER_FILTERS:
+        raise ValueError(f"{text!r} is not one of {', '.join(ROUTER_FILTERS)}")
+    return Behaviour(text)
+
+
+def parse_switch(text: str) -> bool:
+    """on or off."""
+    try:
+        return SWITCH_WORDS[text]
+    except KeyError:
+        raise ValueError(f"{text!r} is not one of {', '.join(SWITCH_WORDS)}") from None
+
+
+def parse_ipv4_network(text: str) -> ipaddress.IPv4Network:
+    """An IPv4 subnet such as 192.168.50.0/24."""
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4 subnet ({exc})") from None
+
+
+def parse_ipv6_network(text: str) -> ipaddress.IPv6Network | None:
+    """An IPv6 subnet such as fd00:50::/64; empty for none."""
+    try:
+        return ipaddress.IPv6Network(text) if text else None
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv6 subnet ({exc})") from None
+
+
+def parse_ipv4_host(text: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address, as iptables' DNAT needs it; empty for none."""
+    return parse_ipv4_address(text) if text else None
+
+
+def parse_log_level(text: str) -> str:
+    """A logging level name: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    level = text.upper()
+    if level not in logging.getLevelNamesMapping() or level == "NOTSET":
+        raise ValueError(f"{text!r} is not a log level")
+    return level
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Let argparse use a setting's parser for its command-line override, with the parser's own message."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: where it lands in Config, its default as written, and what it means."""
+
+    variable: str
+    field: str
+    default: str
+    meaning: str
+    parse: Callable[[str], Any]
+    shown_default: str = ""
+
+
+SETTINGS = (
+    Setting("SOCKLAB_SERVICE", "service", "", "service name in every record", parse_text, "the subcommand"),
+    Setting("SOCKLAB_COLLECTOR", "collector", "tcp://collector:5555", "collector's PULL endpoint", parse_text),
+    Setting("SOCKLAB_QUERY", "query", "tcp://collector:5556", "collector's REP endpoint", parse_text),
+    Setting(
+        "SOCKLAB_REGISTRY",
+        "registries",
+        "registry:5300",
+        "registry host:port, comma-separated (IPv4 and IPv6); the first is asked first",
+        parse_addresses,
+    ),
+    Setting("SOCKLAB_ECHO_PORT", "echo_port", "7007", "echo's TCP and UDP port", parse_port),
+    Setting("SOCKLAB_UNIX_PATH", "unix_path", "/run/socklab/echo.sock", "echo's Unix socket; empty: none", str),
+    Setting("SOCKLAB_REGISTRY_PORT", "registry_port", "5300", "registry's TCP port", parse_port),
+    Setting("SOCKLAB_STUN_PORT", "stun_port", "3478", "registry's STUN port (UDP)", parse_port),
+    Setting(
+        "SOCKLAB_STUN_ADDRESSES",
+        "stun_addresses",
+        "",
+        "registry: primary,alternate IPv4 for RFC 5780; empty: one dual-stack socket",
+        parse_ipv4_hosts,
+    ),
+    Setting("SOCKLAB_STUN_ALT_PORT", "stun_alt_port", "3479", "registry: RFC 5780's alternate port", parse_port),
+    Setting("SOCKLAB_STORE", "store", "/var/lib/socklab/records.bin", "collector's append-only store", parse_text),
+    Setting("SOCKLAB_INGEST_PORT", "ingest_port", "5555", "collector's PULL port", parse_port),
+    Setting("SOCKLAB_QUERY_PORT", "query_port", "5556", "collector's REP port", parse_port),
+    Setting("SOCKLAB_HTTP_PORT", "http_port", "8080", "collector's live page (/ and /report.json)", parse_port),
+    Setting("SOCKLAB_BIND_PORT", "bind_port", "47000", "the client's explicit source port (tcp-bound)", parse_port),
+    Setting("NAT_MODE", "nat_mode", NatMode.CONE, f"router mapping: {' or '.join(NatMode)}", parse_nat_mode),
+    Setting(
+        "NAT_FILTER",
+        "nat_filter",
+        Behaviour.ADDRESS_AND_PORT_DEPENDENT,
+        f"router filtering: {' or '.join(ROUTER_FILTERS)} (to the DMZ host)",
+        parse_router_filter,
+    ),
+    Setting("NAT_HAIRPIN", "nat_hairpin", "off", "router hairpinning for the DMZ host: on or off", parse_switch),
+    Setting(
+        "SOCKLAB_LAN_SUBNET", "lan_subnet", "192.168.50.0/24", "router: the LAN it masquerades", parse_ipv4_network
+    ),
+    Setting(
+        "SOCKLAB_LAN6_SUBNET", "lan6_subnet", "fd00:50::/64", "router: the IPv6 LAN; empty: none", parse_ipv6_network
+    ),
+    Setting(
+        "SOCKLAB_DMZ",
+        "dmz",
+        "",
+        "router: the LAN host inbound and hairpinned UDP goes to (compose: client-lan's address)",
+        parse_ipv4_host,
+    ),
+    Setting("SOCKLAB_LOG", "log_level", "INFO", "log level", parse_log_level),
+)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a service reads from its environment."""
+    """Everything any service or command reads from its environment, already parsed."""
 
     service: str
     collector: str
     query: str
-    registry: str
+    registries: tuple[Address, ...]
     echo_port: int
     unix_path: str
     registry_port: int
@@ -45,25 +210,47 @@ class Config:
     query_port: int
     http_port: int
     bind_port: int
+    nat_mode: NatMode
+    nat_filter: Behaviour
+    nat_hairpin: bool
+    lan_subnet: ipaddress.IPv4Network
+    lan6_subnet: ipaddress.IPv6Network | None
+    dmz: ipaddress.IPv4Address | None
+    log_level: str
+
+
+def read_setting(setting: Setting, env: Mapping[str, str]) -> Any:
+    """Parse one variable, or its default; a bad value is a ValueError that names the variable."""
+    text = env.get(setting.variable, setting.default)
+    try:
+        return setting.parse(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{setting.variable}={text!r}: {exc}") from None
 
 
 def load_config(service: str, env: Mapping[str, str] | None = None) -> Config:
-    """Read the configuration so that compose and tests can supply every address."""
-    env = os.environ if env is None else env
-    return Config(
-        service=env.get("SOCKLAB_SERVICE", service),
-        collector=env.get("SOCKLAB_COLLECTOR", "tcp://collector:5555"),
-        query=env.get("SOCKLAB_QUERY", "tcp://collector:5556"),
-        registry=env.get("SOCKLAB_REGISTRY", "registry:5300"),
-        echo_port=int(env.get("SOCKLAB_ECHO_PORT", "7007")),
-        unix_path=env.get("SOCKLAB_UNIX_PATH", "/run/socklab/echo.sock"),
-        registry_port=int(env.get("SOCKLAB_REGISTRY_PORT", "5300")),
-        stun_port=int(env.get("SOCKLAB_STUN_PORT", "3478")),
-        stun_addresses=tuple(a.strip() for a in env.get("SOCKLAB_STUN_ADDRESSES", "").split(",") if a.strip()),
-        stun_alt_port=int(env.get("SOCKLAB_STUN_ALT_PORT", "3479")),
-        store=env.get("SOCKLAB_STORE", "/var/lib/socklab/records.bin"),
-        ingest_port=int(env.get("SOCKLAB_INGEST_PORT", "5555")),
-        query_port=int(env.get("SOCKLAB_QUERY_PORT", "5556")),
-        http_port=int(env.get("SOCKLAB_HTTP_PORT", "8080")),
-        bind_port=int(env.get("SOCKLAB_BIND_PORT", "47000")),
-    )
+    """Read and parse every variable once, so that compose and tests can supply every address."""
+    values = {"SOCKLAB_SERVICE": service, **(os.environ if env is None else env)}
+    return Config(**{s.field: read_setting(s, values) for s in SETTINGS})
+
+
+def markdown_table() -> str:
+    """README.md's configuration table, written from SETTINGS so the two cannot drift."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = s.shown_default or s.default or "(empty)"
+        lines.append(f"| {s.variable} | {default} | {s.meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print what this environment configures, or (--markdown) the README's table of every variable."""
+    parser = argparse.ArgumentParser(prog="socklab config", description=main.__doc__)
+    parser.add_argument("--markdown", action="store_true", help="the README's configuration table")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+        return
+    cfg = load_config("config")
+    for s in SETTINGS:
+        print(f"{s.variable:24} {getattr(cfg, s.field)}")

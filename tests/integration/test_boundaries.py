@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from services.client import Target, run_stream, run_udp_connected
+from services.client import SCENARIOS, Target
 from shared.reporter import Reporter
 from tests.integration.stack import ConntrackEntry, Stack, parse_conntrack, parse_json_lines, same_host
 
@@ -34,14 +34,15 @@ def host_conntrack() -> list[ConntrackEntry]:
     return parse_conntrack(Path("/proc/net/nf_conntrack").read_text())
 
 
-@pytest.mark.parametrize(("proto", "host"), [("tcp", "127.0.0.1"), ("udp", "127.0.0.1"), ("tcp", "::1")])
-def test_host_to_published_port(stack: Stack, proto: str, host: str) -> None:
+@pytest.mark.parametrize(("scenario_name", "host"), [("tcp4", "127.0.0.1"), ("udp4", "127.0.0.1"), ("tcp6", "::1")])
+def test_host_to_published_port(stack: Stack, scenario_name: str, host: str) -> None:
+    [scenario] = [s for s in SCENARIOS if s.name == scenario_name]
+    proto = str(scenario.proto)
     port = stack.published_port("echo", f"7007/{proto}", host)
     context = zmq.Context()
     reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
     try:
-        run = run_stream if proto == "tcp" else run_udp_connected
-        outcome = run(reporter, Target(f"{proto}-published", (host, port)))
+        outcome = scenario.run(reporter, Target(scenario, (host, port)))
     finally:
         reporter.close()
         context.term()

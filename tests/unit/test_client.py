@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services import client
-from services.client import Outcome, Target, find_echo, plan_targets, run_scenarios, scenario_runners
+from services.client import KINDS, SCENARIOS, Outcome, Scenario, Target, find_echo, plan_targets, run_scenarios
 from services.echo import EchoServer
 from services.registry import RegistryServer
 from shared.names import endpoint, name_from_wire
-from shared.registry_protocol import register
+from shared.record import Family, Proto
+from shared.registry_protocol import Registration, register
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, free_port
 
 pytestmark = pytest.mark.unit
+
+LOOPBACK = {Family.IPV4: "127.0.0.1", Family.IPV6: "::1"}
 
 
 def check_direct(live_collector: LiveCollector, outcome: Outcome) -> None:
@@ -32,44 +35,48 @@ def check_direct(live_collector: LiveCollector, outcome: Outcome) -> None:
     assert flow.client.extra["scenario"] == outcome.scenario
 
 
-Run = Callable[[Reporter, Target], Outcome]
+def echo_at(host: str, ports: dict[str, Any]) -> Registration:
+    """Echo as the registry would answer for it, seen at host."""
+    return Registration("echo", None, (host, 7), ports)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-@pytest.mark.parametrize(
-    "run",
-    [client.run_stream, client.run_udp_connected, client.run_udp_sendto],
-    ids=["tcp", "udp", "udp-sendto"],
-)
-def test_ip_scenarios_are_direct_on_loopback(
-    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, run: Run, host: str
-) -> None:
-    outcome = run(reporter, Target("scenario", (host, echo_server.port)))
-    assert isinstance(outcome.local, tuple) and outcome.local[0] == host
-    assert outcome.remote[:2] == (host, echo_server.port)
-    check_direct(live_collector, outcome)
+def test_scenario_names_and_kinds_are_todays() -> None:
+    assert [s.name for s in SCENARIOS] == [
+        *("tcp4", "tcp6", "tcp-bound4", "tcp-bound6", "udp4", "udp6", "udp-sendto4", "udp-sendto6", "unix")
+    ]
+    assert KINDS == ("tcp", "tcp-bound", "udp", "udp-sendto", "unix")
 
 
-def test_bound_source_port_is_kept(
-    echo_server: EchoServer,
-    reporter: Reporter,
-    live_collector: LiveCollector,
-) -> None:
-    port = free_port()
-    outcome = client.run_stream(reporter, Target("tcp-bound4", ("127.0.0.1", echo_server.port)), port)
-    assert outcome.local == ("127.0.0.1", port)
-    check_direct(live_collector, outcome)
-    assert live_collector.wait_for_flow(outcome.flow).port_preserved is True
-
-
-def test_unix_scenario_names_are_paths(
-    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_every_scenario_is_direct_on_loopback_with_its_rows_proto_and_family(
+    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, scenario: Scenario
 ) -> None:
     assert echo_server.unix is not None
     path = echo_server.unix.getsockname()
-    outcome = client.run_stream(reporter, Target("unix", path))
-    assert (outcome.local, outcome.remote, outcome.reflexive) == ("", path, "")
+    address = path if scenario.family == Family.UNIX else (LOOPBACK[scenario.family], echo_server.port)
+    bind_port = free_port()
+    outcome = scenario.run(reporter, Target(scenario, address, bind_port))
+    assert outcome.scenario == scenario.name
     check_direct(live_collector, outcome)
+    flow = live_collector.wait_for_flow(outcome.flow)
+    assert (flow.proto, flow.family) == (scenario.proto, scenario.family)
+    if scenario.family == Family.UNIX:
+        assert (outcome.local, outcome.remote, outcome.reflexive) == ("", path, "")
+        return
+    assert isinstance(outcome.local, tuple) and outcome.local[0] == LOOPBACK[scenario.family]
+    assert outcome.remote[:2] == address
+    assert (outcome.local[1] == bind_port) == (scenario.kind == "tcp-bound")
+    if scenario.kind == "tcp-bound":
+        assert flow.port_preserved is True
+
+
+def test_targets_follow_the_families_echo_registered_and_the_chosen_kinds(tmp_path: Path) -> None:
+    echo = {Family.IPV6: echo_at("::1", {"tcp": 1, "udp": 2})}
+    targets = plan_targets(echo, str(tmp_path / "absent.sock"), ["udp-sendto", "tcp", "unix"], bind_port=9)
+    assert [(t.scenario.name, t.address, t.bind_port) for t in targets] == [
+        ("tcp6", ("::1", 1), 9),
+        ("udp-sendto6", ("::1", 2), 9),
+    ]
 
 
 def test_the_whole_round_finds_echo_through_the_registry(
@@ -85,12 +92,13 @@ def test_the_whole_round_finds_echo_through_the_registry(
     for address in registry:
         register(address, "echo", ports, reporter)
     echo = find_echo(registry, reporter)
-    assert echo == {"4": ("127.0.0.1", ports), "6": ("::1", ports)}
-    targets = plan_targets(echo, unix_path, list(scenario_runners(0)))
-    assert [t.scenario for t in targets] == [
-        *("tcp4", "tcp6", "tcp-bound4", "tcp-bound6", "udp4", "udp6", "udp-sendto4", "udp-sendto6", "unix")
-    ]
-    results = run_scenarios(reporter, targets, bind_port=0)
+    assert {family: (r.host, r.ports) for family, r in echo.items()} == {
+        Family.IPV4: ("127.0.0.1", ports),
+        Family.IPV6: ("::1", ports),
+    }
+    targets = plan_targets(echo, unix_path, KINDS, bind_port=0)
+    assert [t.scenario for t in targets] == list(SCENARIOS)
+    results = run_scenarios(reporter, targets)
     assert all(isinstance(r, Outcome) for r in results), results
     for outcome in results:
         assert isinstance(outcome, Outcome)
@@ -100,8 +108,8 @@ def test_the_whole_round_finds_echo_through_the_registry(
 def test_a_failing_scenario_is_returned_and_the_rest_still_run(
     echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector
 ) -> None:
-    echo = {"4": ("127.0.0.1", {"tcp": free_port(), "udp": echo_server.port})}
-    results = run_scenarios(reporter, plan_targets(echo, None, ["tcp", "udp"]), bind_port=0)
+    echo = {Family.IPV4: echo_at("127.0.0.1", {Proto.TCP: free_port(), Proto.UDP: echo_server.port})}
+    results = run_scenarios(reporter, plan_targets(echo, None, ["tcp", "udp"], bind_port=0))
     assert isinstance(results[0], ConnectionRefusedError)
     assert isinstance(results[1], Outcome)
     check_direct(live_collector, results[1])

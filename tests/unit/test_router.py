@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from services.router import NatBehaviour, nat_rules
+from services.router import RouterSetup, main, nat_rules
+from shared.config import load_config
+from shared.nat import Behaviour, NatMode
 
 pytestmark = pytest.mark.unit
 
 
-def behaviour(**changes: object) -> NatBehaviour:
+def behaviour(**changes: object) -> RouterSetup:
+    """The compose stack's router, read from the defaults and compose's SOCKLAB_DMZ, with changes."""
+    cfg = load_config("router", {"SOCKLAB_DMZ": "192.168.50.20"})
     fields: dict[str, object] = {
-        "mode": "cone",
-        "filtering": "address-and-port-dependent",
-        "hairpin": False,
-        "lan": "192.168.50.0/24",
-        "lan6": "fd00:50::/64",
+        "mode": cfg.nat_mode,
+        "filtering": cfg.nat_filter,
+        "hairpin": cfg.nat_hairpin,
+        "lan": cfg.lan_subnet,
+        "lan6": cfg.lan6_subnet,
         "wan_address": "198.51.100.2",
-        "dmz": "192.168.50.20",
+        "dmz": cfg.dmz,
     }
-    return NatBehaviour(**{**fields, **changes})  # type: ignore[arg-type]
+    return RouterSetup(**{**fields, **changes})  # type: ignore[arg-type]
 
 
 def test_cone_masquerades_lan_for_both_families() -> None:
@@ -30,12 +34,17 @@ def test_cone_masquerades_lan_for_both_families() -> None:
     ]
 
 
+def test_no_ipv6_lan_masquerades_ipv4_only() -> None:
+    assert [r[0] for r in nat_rules(behaviour(lan6=None))] == ["iptables"]
+
+
 def test_symmetric_randomizes_every_mapping() -> None:
-    assert all(r[-1] == "--random-fully" for r in nat_rules(behaviour(mode="symmetric")))
+    rules = nat_rules(behaviour(mode=NatMode.SYMMETRIC))
+    assert len(rules) == 2 and all(r[-1] == "--random-fully" for r in rules)
 
 
 def test_full_cone_and_hairpin_forward_to_the_dmz_host() -> None:
-    rules = [" ".join(r) for r in nat_rules(behaviour(filtering="endpoint-independent", hairpin=True))]
+    rules = [" ".join(r) for r in nat_rules(behaviour(filtering=Behaviour.ENDPOINT_INDEPENDENT, hairpin=True))]
     assert "-d 198.51.100.2 -j DNAT --to-destination 192.168.50.20" in rules[2] and "! -s" in rules[2]
     assert "SNAT --to-source 198.51.100.2" in rules[4]
 
@@ -43,11 +52,29 @@ def test_full_cone_and_hairpin_forward_to_the_dmz_host() -> None:
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"mode": "cgnat"}, "NAT_MODE 'cgnat' is not one of cone, symmetric"),
-        ({"filtering": "open"}, "NAT_FILTER 'open' is not one of"),
+        ({"filtering": Behaviour.ADDRESS_DEPENDENT}, "cannot do address-dependent filtering"),
         ({"hairpin": True, "dmz": None}, "need a DMZ host"),
+        ({"filtering": Behaviour.ENDPOINT_INDEPENDENT, "dmz": None}, "need a DMZ host"),
     ],
 )
-def test_bad_settings_are_refused(changes: dict[str, object], error: str) -> None:
+def test_settings_the_router_cannot_do_are_refused(changes: dict[str, object], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         nat_rules(behaviour(**changes))
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--mode", "cgnat"], "argument --mode: 'cgnat' is not one of cone, symmetric"),
+        (["--filter", "address-dependent"], "argument --filter: 'address-dependent' is not one of"),
+        (["--hairpin", "yes"], "argument --hairpin: 'yes' is not one of on, off"),
+        (["--dmz", "client-lan"], "argument --dmz: "),
+    ],
+)
+def test_command_line_overrides_use_the_configs_parsers(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert error in capsys.readouterr().err
