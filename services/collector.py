@@ -20,15 +20,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import msgpack
 import zmq
 
 from services.flows import join_flows
 from services.report import render_page
 from shared.collector_protocol import QueryOp, pack_reply, unpack_query
 from shared.config import load_config
+from shared.fields import optional
 from shared.names import json_name
-from shared.record import Observation, pack_observation, unpack_observation
+from shared.record import Observation, unpack_observation
+from shared.report_model import NatCheck, NatCheckResult, Report
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,31 @@ class Store:
         self._file.close()
 
 
+def read_record(raw: bytes) -> tuple[Observation, NatCheck | None]:
+    """Decode a record and check the extras the report reads, so no stored record can break a report."""
+    obs = unpack_observation(raw)
+    optional(obs.extra, "scenario", str, "record extra")
+    if "natcheck" not in obs.extra:
+        return obs, None
+    try:
+        result = NatCheckResult.from_wire(obs.extra["natcheck"])
+    except ValueError as exc:
+        raise ValueError(f"record extra natcheck: {exc}") from None
+    return obs, NatCheck(obs.service, obs.host, obs.time, result)
+
+
 class Collector:
     """Records in memory and on disk, and the report built from them."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.observations: list[Observation] = []
+        self.natchecks: list[NatCheck] = []
         self.rejected = 0
         self.bad_queries = 0
         for raw in store.replay():
             try:
-                self.observations.append(unpack_observation(raw))
+                self.keep(*read_record(raw))
             except ValueError as exc:
                 log.warning("stored record skipped: %s", exc)
         log.info("replayed %d records from %s", len(self.observations), store.path)
@@ -89,35 +104,38 @@ class Collector:
     def ingest(self, raw: bytes) -> bool:
         """Check, store and index one record; False when it was rejected."""
         try:
-            obs = unpack_observation(raw)
+            obs, natcheck = read_record(raw)
         except ValueError as exc:
             self.rejected += 1
             log.warning("rejected record #%d: %s", self.rejected, exc)
             return False
         self.store.append(raw)
-        self.observations.append(obs)
+        self.keep(obs, natcheck)
         return True
 
-    def report(self) -> dict[str, Any]:
-        """Everything a reader needs: joined flows, per-method counts, rejects and drops."""
+    def keep(self, obs: Observation, natcheck: NatCheck | None) -> None:
+        """Index one checked record, and the NAT check it carries."""
+        self.observations.append(obs)
+        if natcheck is not None:
+            self.natchecks.append(natcheck)
+
+    def report(self) -> Report:
+        """Everything a reader needs: joined flows, per-method counts, rejects, drops and NAT checks."""
         drops: dict[str, int] = {}
         rejects: Counter[str] = Counter()
-        natchecks = []
         for obs in self.observations:
             drops[obs.service] = max(drops.get(obs.service, 0), obs.drops)
             if "rejected" in obs.extra:
                 rejects[obs.service] += 1
-            if is_natcheck(obs.extra.get("natcheck")):
-                natchecks.append({"service": obs.service, "host": obs.host, "time": obs.time, **obs.extra["natcheck"]})
-        return {
-            "flows": [flow.to_wire() for flow in join_flows(self.observations)],
-            "methods": dict(Counter(obs.method for obs in self.observations)),
-            "records": len(self.observations),
-            "rejected": self.rejected,
-            "service_rejects": dict(rejects),
-            "drops": drops,
-            "natchecks": natchecks,
-        }
+        return Report(
+            flows=tuple(join_flows(self.observations)),
+            methods=dict(Counter(str(obs.method) for obs in self.observations)),
+            records=len(self.observations),
+            rejected=self.rejected,
+            service_rejects=dict(rejects),
+            drops=drops,
+            natchecks=tuple(self.natchecks),
+        )
 
     def answer(self, raw: bytes) -> dict[str, Any]:
         """Answer one query; a bad query gets an error reply, never silence."""
@@ -126,27 +144,14 @@ class Collector:
             if op == QueryOp.PING:
                 return {"ok": True, "records": len(self.observations)}
             if op == QueryOp.REPORT:
-                return {"ok": True, **self.report()}
+                return {"ok": True, **self.report().to_wire()}
             flow = query.get("flow")
             records = [o for o in self.observations if flow is None or o.flow == flow]
-            return {"ok": True, "records": [record_to_wire(o) for o in records]}
+            return {"ok": True, "records": [o.to_wire() for o in records]}
         except ValueError as exc:
             self.bad_queries += 1
             log.warning("bad query: %s", exc)
             return {"ok": False, "error": str(exc)}
-
-
-NATCHECK_KEYS = {"mapping", "filtering", "port_preserved", "hairpin", "mapped_address"}
-
-
-def is_natcheck(value: object) -> bool:
-    """Whether a record's extra carries a whole natcheck summary (a bad one must not break reports)."""
-    return isinstance(value, dict) and value.keys() >= NATCHECK_KEYS
-
-
-def record_to_wire(obs: Observation) -> dict[str, Any]:
-    """A stored record as a query answer carries it."""
-    return msgpack.unpackb(pack_observation(obs), raw=False)
 
 
 def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, stop: threading.Event) -> None:
@@ -183,7 +188,7 @@ class ReportPage(BaseHTTPRequestHandler):
         """Answer / with the page and /report.json with the report."""
         report = self.collector.report()
         if self.path == "/report.json":
-            body, kind = json.dumps(report, default=json_name).encode(), "application/json"
+            body, kind = json.dumps(report.to_wire(), default=json_name).encode(), "application/json"
         elif self.path == "/":
             body, kind = render_page(report).encode(), "text/html; charset=utf-8"
         else:

@@ -16,74 +16,21 @@ Verdicts, comparing names folded by shared.names.endpoint (IPv4-mapped hosts unm
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
-from shared.names import Name, endpoint, name_to_wire
-from shared.record import Observation, Role
+from shared.names import Name, endpoint
+from shared.record import Method, Observation, Role
+from shared.report_model import Flow, FlowEnd, FlowVerdict
 
-LOCAL_PRIORITY = {"recvmsg": 3, "getsockname": 2, "bind": 1}
-REMOTE_PRIORITY = {"getpeername": 4, "accept": 3, "recvmsg": 3, "recvfrom": 3, "connect": 2, "sendto": 2}
+LOCAL_PRIORITY = {Method.RECVMSG: 3, Method.GETSOCKNAME: 2, Method.BIND: 1}
+REMOTE_PRIORITY = {
+    Method.GETPEERNAME: 4,
+    Method.ACCEPT: 3,
+    Method.RECVMSG: 3,
+    Method.RECVFROM: 3,
+    Method.CONNECT: 2,
+    Method.SENDTO: 2,
+}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
-
-
-class FlowVerdict(StrEnum):
-    """What lay between the two ends of a flow."""
-
-    DIRECT = "direct"
-    SNAT = "snat"
-    DNAT = "dnat"
-    PROXIED = "proxied"
-    UNMATCHED = "unmatched"
-
-
-@dataclass
-class FlowEnd:
-    """One end of a flow as its own records tell it."""
-
-    service: str
-    host: str
-    family: str
-    sockname: Name | None
-    peername: Name | None
-    extra: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        """The end as the report's JSON carries it."""
-        return {
-            "service": self.service,
-            "host": self.host,
-            "family": self.family,
-            "sockname": name_to_wire(self.sockname),
-            "peername": name_to_wire(self.peername),
-        }
-
-
-@dataclass
-class Flow:
-    """Both ends of one flow and the verdict on what lay between them."""
-
-    flow: str
-    proto: str
-    family: str
-    client: FlowEnd | None
-    server: FlowEnd | None
-    verdict: FlowVerdict
-    port_preserved: bool | None
-
-    def to_wire(self) -> dict[str, Any]:
-        """The flow as the report's JSON carries it."""
-        return {
-            "flow": self.flow,
-            "proto": self.proto,
-            "family": self.family,
-            "scenario": self.client.extra.get("scenario") if self.client else None,
-            "client": self.client.to_wire() if self.client else None,
-            "server": self.server.to_wire() if self.server else None,
-            "verdict": str(self.verdict),
-            "port_preserved": self.port_preserved,
-        }
 
 
 def is_wildcard(name: Name | None) -> bool:
@@ -95,9 +42,7 @@ def pick_end(records: list[Observation]) -> FlowEnd:
     """Fold one end's records into its best-known own name and peer name."""
     local: tuple[tuple[int, int], Name] | None = None
     remote: tuple[int, Name] | None = None
-    extra: dict[str, Any] = {}
     for obs in records:
-        extra.update(obs.extra)
         if obs.local is not None:
             rank = (0 if is_wildcard(obs.local) else 1, LOCAL_PRIORITY.get(obs.method, 0))
             if local is None or rank >= local[0]:
@@ -113,8 +58,12 @@ def pick_end(records: list[Observation]) -> FlowEnd:
         family=first.family,
         sockname=local[1] if local else None,
         peername=remote[1] if remote else None,
-        extra=extra,
     )
+
+
+def scenario_of(records: list[Observation]) -> str | None:
+    """The scenario the client's closing record names (the collector checked at ingest that it is a string)."""
+    return next((obs.extra["scenario"] for obs in reversed(records) if "scenario" in obs.extra), None)
 
 
 def judge(client: FlowEnd, server: FlowEnd) -> tuple[FlowVerdict, bool | None]:
@@ -145,15 +94,17 @@ def join_flows(observations: Iterable[Observation]) -> list[Flow]:
             ends.setdefault(obs.flow, {}).setdefault(obs.role, []).append(obs)
     flows = []
     for flow_id, by_role in ends.items():
-        client = pick_end(by_role[Role.CLIENT]) if Role.CLIENT in by_role else None
+        client_records = by_role.get(Role.CLIENT, [])
+        client = pick_end(client_records) if client_records else None
         server = pick_end(by_role[Role.SERVER]) if Role.SERVER in by_role else None
-        any_records = by_role.get(Role.CLIENT) or by_role[Role.SERVER]
+        first = (client_records or by_role[Role.SERVER])[0]
         verdict, preserved = judge(client, server) if client and server else (FlowVerdict.UNMATCHED, None)
         flows.append(
             Flow(
                 flow=flow_id,
-                proto=str(any_records[0].proto),
-                family=(client or server).family,  # type: ignore[union-attr]
+                proto=first.proto,
+                family=first.family,
+                scenario=scenario_of(client_records),
                 client=client,
                 server=server,
                 verdict=verdict,

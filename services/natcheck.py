@@ -22,38 +22,20 @@ import logging
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import zmq
 
 from shared import stun
 from shared.config import load_config
 from shared.names import format_name, parse_hostport, route_source
+from shared.nat import Behaviour
 from shared.record import Role
+from shared.report_model import Address, NatCheckResult, StunTransaction
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
-BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
-UNKNOWN = "unknown"
 ANSWERS = (stun.Class.RESPONSE, stun.Class.ERROR)
-
-Address = tuple[str, int]
-
-
-@dataclass
-class StunTest:
-    """One transaction of the procedure, as the client saw it."""
-
-    name: str
-    local: Address
-    destination: Address
-    mapped: Address | None = None
-    source: Address | None = None
-    response_origin: Address | None = None
-    other_address: Address | None = None
-    error: tuple[int, str] | None = None
 
 
 class StunProbe:
@@ -66,21 +48,25 @@ class StunProbe:
         self.local: Address = self.sock.getsockname()
         reporter.observe(self.sock, "bind", None, Role.CLIENT, local=self.local)
 
-    def transact(self, name: str, destination: Address, change: int = 0) -> StunTest:
+    def transact(self, name: str, destination: Address, change: int = 0) -> StunTransaction:
         """Send a Binding request (with CHANGE-REQUEST `change`) and read what its answer says."""
-        test = StunTest(name, self.local, destination)
         answer = self.exchange(stun.binding_request(change), destination, ANSWERS)
         if answer is None:
-            return test
-        message, test.source = answer
-        if message.cls == stun.Class.ERROR:
-            test.error = message.attributes.get(stun.Attr.ERROR_CODE, (0, "no ERROR-CODE"))
-            return test
+            return StunTransaction(name, self.local, destination)
+        message, source = answer
         attrs = message.attributes
-        test.mapped = attrs.get(stun.Attr.XOR_MAPPED_ADDRESS, attrs.get(stun.Attr.MAPPED_ADDRESS))
-        test.response_origin = attrs.get(stun.Attr.RESPONSE_ORIGIN)
-        test.other_address = attrs.get(stun.Attr.OTHER_ADDRESS)
-        return test
+        if message.cls == stun.Class.ERROR:
+            error = attrs.get(stun.Attr.ERROR_CODE, (0, "no ERROR-CODE"))
+            return StunTransaction(name, self.local, destination, source=source, error=error)
+        return StunTransaction(
+            name,
+            self.local,
+            destination,
+            mapped=attrs.get(stun.Attr.XOR_MAPPED_ADDRESS, attrs.get(stun.Attr.MAPPED_ADDRESS)),
+            source=source,
+            response_origin=attrs.get(stun.Attr.RESPONSE_ORIGIN),
+            other_address=attrs.get(stun.Attr.OTHER_ADDRESS),
+        )
 
     def exchange(
         self, request: stun.Message, destination: Address, want: tuple[stun.Class, ...]
@@ -127,23 +113,23 @@ class StunProbe:
         self.sock.close()
 
 
-def classify(first: Address | None, second: Address | None, third: Address | None) -> str:
+def classify(first: Address | None, second: Address | None, third: Address | None) -> Behaviour:
     """RFC 5780 section 4.3's reading of the three mapped addresses; a missing answer leaves it unknown."""
     if first is None or second is None:
-        return UNKNOWN
+        return Behaviour.UNKNOWN
     if first == second:
-        return BEHAVIOURS[0]
+        return Behaviour.ENDPOINT_INDEPENDENT
     if third is None:
-        return UNKNOWN
-    return BEHAVIOURS[1] if second == third else BEHAVIOURS[2]
+        return Behaviour.UNKNOWN
+    return Behaviour.ADDRESS_DEPENDENT if second == third else Behaviour.ADDRESS_AND_PORT_DEPENDENT
 
 
-def check_mapping(probe: StunProbe, server: Address, first: StunTest, tests: list[StunTest]) -> str:
+def check_mapping(probe: StunProbe, server: Address, first: StunTransaction, tests: list[StunTransaction]) -> Behaviour:
     """Mapping tests II and III (section 4.3), appended to `tests`, and what they say."""
     if first.mapped == probe.local:
-        return "none"
+        return Behaviour.NONE
     if first.other_address is None:
-        return UNKNOWN
+        return Behaviour.UNKNOWN
     other_host, other_port = first.other_address
     second = probe.transact("mapping-2 alternate address", (other_host, server[1]))
     tests.append(second)
@@ -154,24 +140,26 @@ def check_mapping(probe: StunProbe, server: Address, first: StunTest, tests: lis
     return classify(first.mapped, second.mapped, third.mapped)
 
 
-def check_filtering(probe: StunProbe, server: Address, first: StunTest, tests: list[StunTest]) -> str:
+def check_filtering(
+    probe: StunProbe, server: Address, first: StunTransaction, tests: list[StunTransaction]
+) -> Behaviour:
     """Filtering tests II and III (section 4.4), appended to `tests`: an answer means the filter let it in."""
     if first.other_address is None:
-        return UNKNOWN
+        return Behaviour.UNKNOWN
     both = probe.transact("filtering-2 change address and port", server, stun.CHANGE_IP | stun.CHANGE_PORT)
     tests.append(both)
     if both.error:
-        return UNKNOWN
+        return Behaviour.UNKNOWN
     if both.mapped is not None:
-        return BEHAVIOURS[0]
+        return Behaviour.ENDPOINT_INDEPENDENT
     port_only = probe.transact("filtering-3 change port", server, stun.CHANGE_PORT)
     tests.append(port_only)
     if port_only.error:
-        return UNKNOWN
-    return BEHAVIOURS[1] if port_only.mapped is not None else BEHAVIOURS[2]
+        return Behaviour.UNKNOWN
+    return Behaviour.ADDRESS_DEPENDENT if port_only.mapped is not None else Behaviour.ADDRESS_AND_PORT_DEPENDENT
 
 
-def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: int) -> dict[str, Any]:
+def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: int) -> NatCheckResult:
     """The whole procedure; the summary is also reported to the collector."""
     probe = StunProbe(reporter, server, timeout, attempts)
     try:
@@ -182,19 +170,18 @@ def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: 
         tests = [first]
         filtering = check_filtering(probe, server, first, tests)
         mapping = check_mapping(probe, server, first, tests)
-        summary = {
-            "mapping": mapping,
-            "filtering": filtering,
-            "port_preserved": first.mapped[1] == probe.local[1],
-            "hairpin": probe.hairpin(first.mapped),
-            "mapped_address": first.mapped,
-            "local_address": probe.local,
-            "server": server,
-            "other_address": first.other_address,
-            "tests": [asdict(t) for t in tests],
-        }
-        result: dict[str, Any] = json.loads(json.dumps(summary))
-        extra = {"natcheck": result}
+        result = NatCheckResult(
+            mapping=mapping,
+            filtering=filtering,
+            port_preserved=first.mapped[1] == probe.local[1],
+            hairpin=probe.hairpin(first.mapped),
+            mapped_address=first.mapped,
+            local_address=probe.local,
+            server=server,
+            other_address=first.other_address,
+            tests=tuple(tests),
+        )
+        extra = {"natcheck": result.to_wire()}
         reporter.observe(probe.sock, "getsockname", None, Role.CLIENT, local=probe.local, extra=extra)
         return result
     finally:
@@ -210,32 +197,27 @@ def resolve_ipv4(server: Address) -> Address:
     return str(address[0]), server[1]
 
 
-def show(name: list[Any] | None) -> str:
-    """A wire name for people; "-" for none."""
-    return format_name(tuple(name)) if name else "-"
-
-
-def format_summary(result: dict[str, Any]) -> str:
+def format_summary(result: NatCheckResult) -> str:
     """A netcheck-like summary for people."""
     lines = [
-        f"NAT check against {show(result['server'])}",
-        f"  local address:  {show(result['local_address'])}",
-        f"  mapped address: {show(result['mapped_address'])}",
-        f"  mapping:        {result['mapping']}",
-        f"  filtering:      {result['filtering']}",
-        f"  port preserved: {'yes' if result['port_preserved'] else 'no'}",
-        f"  hairpinning:    {'yes' if result['hairpin'] else 'no'}",
+        f"NAT check against {format_name(result.server)}",
+        f"  local address:  {format_name(result.local_address)}",
+        f"  mapped address: {format_name(result.mapped_address)}",
+        f"  mapping:        {result.mapping}",
+        f"  filtering:      {result.filtering}",
+        f"  port preserved: {'yes' if result.port_preserved else 'no'}",
+        f"  hairpinning:    {'yes' if result.hairpin else 'no'}",
     ]
-    if result["other_address"] is None:
+    if result.other_address is None:
         lines.append("  (the server has no alternate address: set SOCKLAB_STUN_ADDRESSES on the registry)")
-    for test in result["tests"]:
-        if test["mapped"]:
-            seen = f"{show(test['mapped'])} from {show(test['source'])}"
-        elif test["error"]:
-            seen = f"error {test['error'][0]} {test['error'][1]}"
+    for test in result.tests:
+        if test.mapped:
+            seen = f"{format_name(test.mapped)} from {format_name(test.source)}"
+        elif test.error:
+            seen = f"error {test.error[0]} {test.error[1]}"
         else:
             seen = "no answer"
-        lines.append(f"    {test['name']:38} to {show(test['destination']):22} -> {seen}")
+        lines.append(f"    {test.name:38} to {format_name(test.destination):22} -> {seen}")
     return "\n".join(lines)
 
 
@@ -262,4 +244,4 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         reporter.close()
         context.term()
-    print(json.dumps(result) if args.json else format_summary(result))
+    print(json.dumps(result.to_wire()) if args.json else format_summary(result))

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 
+from shared.fields import require_map
+
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024
 
@@ -29,9 +31,7 @@ def unpack_map(data: bytes, what: str) -> dict[str, Any]:
         obj = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise ValueError(f"{what} is not msgpack: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} is a {type(obj).__name__}, not a map")
-    return obj
+    return require_map(obj, what)
 
 
 class FrameBuffer:

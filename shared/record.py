@@ -24,6 +24,7 @@ abstract Unix name): a tuple exactly as the socket call returned it, never cut t
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 import uuid
@@ -33,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from shared.fields import member, optional, typed
 from shared.framing import unpack_map
 from shared.names import Name, name_from_wire, name_to_wire
 
@@ -122,68 +124,54 @@ class Observation:
     drops: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_wire(self) -> dict[str, Any]:
+        """The record as a msgpack map: what the store keeps and the "records" query answers."""
+        return {
+            "v": SCHEMA_VERSION,
+            "time": self.time,
+            "service": self.service,
+            "host": self.host,
+            "flow": self.flow,
+            "role": str(self.role),
+            "proto": str(self.proto),
+            "family": str(self.family),
+            "method": str(self.method),
+            "local": name_to_wire(self.local),
+            "remote": name_to_wire(self.remote),
+            "drops": self.drops,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> Observation:
+        """Check and read a record's map; anything malformed raises ValueError saying what is wrong."""
+        version = typed(obj, "v", int, "record")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}")
+        moment = float(typed(obj, "time", (int, float), "record"))
+        if not math.isfinite(moment):
+            raise ValueError(f"record 'time' {moment} is not finite")
+        return cls(
+            service=typed(obj, "service", str, "record"),
+            host=typed(obj, "host", str, "record"),
+            flow=optional(obj, "flow", str, "record"),
+            role=member(obj, "role", Role, "record"),
+            proto=member(obj, "proto", Proto, "record"),
+            family=member(obj, "family", Family, "record"),
+            method=member(obj, "method", Method, "record"),
+            local=name_from_wire(obj.get("local")),
+            remote=name_from_wire(obj.get("remote")),
+            time=moment,
+            drops=typed(obj, "drops", int, "record"),
+            extra=typed(obj, "extra", dict, "record"),
+        )
+
 
 def pack_observation(obs: Observation) -> bytes:
     """Encode a record for the wire and the store."""
-    return msgpack.packb(
-        {
-            "v": SCHEMA_VERSION,
-            "time": obs.time,
-            "service": obs.service,
-            "host": obs.host,
-            "flow": obs.flow,
-            "role": str(obs.role),
-            "proto": str(obs.proto),
-            "family": str(obs.family),
-            "method": str(obs.method),
-            "local": name_to_wire(obs.local),
-            "remote": name_to_wire(obs.remote),
-            "drops": obs.drops,
-            "extra": obs.extra,
-        },
-        use_bin_type=True,
-    )
-
-
-def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in data:
-        raise ValueError(f"record has no {key!r}")
-    value = data[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"record {key!r} has type {type(value).__name__}")
-    return value
+    return msgpack.packb(obs.to_wire(), use_bin_type=True)
 
 
 def unpack_observation(data: bytes) -> Observation:
     """Decode and check a record; anything malformed raises ValueError saying what is wrong."""
-    obj = unpack_map(data, "record")
-    version = _field(obj, "v", int)
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}")
-    role, proto = _field(obj, "role", str), _field(obj, "proto", str)
-    family, method = _field(obj, "family", str), _field(obj, "method", str)
-    if role not in Role.__members__.values():
-        raise ValueError(f"record role {role!r} is unknown")
-    if proto not in Proto.__members__.values():
-        raise ValueError(f"record proto {proto!r} is unknown")
-    if family not in Family.__members__.values():
-        raise ValueError(f"record family {family!r} is unknown")
-    if method not in Method.__members__.values():
-        raise ValueError(f"record method {method!r} is unknown")
-    flow = obj.get("flow")
-    if flow is not None and not isinstance(flow, str):
-        raise ValueError(f"record 'flow' has type {type(flow).__name__}")
-    return Observation(
-        service=_field(obj, "service", str),
-        host=_field(obj, "host", str),
-        flow=flow,
-        role=Role(role),
-        proto=Proto(proto),
-        family=Family(family),
-        method=Method(method),
-        local=name_from_wire(obj.get("local")),
-        remote=name_from_wire(obj.get("remote")),
-        time=float(_field(obj, "time", (int, float))),
-        drops=_field(obj, "drops", int),
-        extra=_field(obj, "extra", dict),
-    )
+    return Observation.from_wire(unpack_map(data, "record"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from shared.fields import counts, member, optional, require_map, typed
 from shared.names import Name, name_from_wire, name_to_wire
 from shared.nat import Behaviour
 from shared.record import Family, Proto
@@ -25,26 +26,6 @@ class FlowVerdict(StrEnum):
     DNAT = "dnat"
     PROXIED = "proxied"
     UNMATCHED = "unmatched"
-
-
-def _map(obj: Any, what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} is a {type(obj).__name__}, not a map")
-    return obj
-
-
-def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = obj.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
-        raise ValueError(f"{what} {key!r} has type {type(value).__name__}")
-    return value
-
-
-def _counts(obj: Any, what: str) -> dict[str, int]:
-    counts = _map(obj, what)
-    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in counts.items()):
-        raise ValueError(f"{what} must map names to counts")
-    return dict(counts)
 
 
 @dataclass(frozen=True)
@@ -70,14 +51,11 @@ class FlowEnd:
     @classmethod
     def from_wire(cls, obj: Any) -> FlowEnd:
         """Check and read an end."""
-        end = _map(obj, "flow end")
-        family = _typed(end, "family", str, "flow end")
-        if family not in Family.__members__.values():
-            raise ValueError(f"flow end family {family!r} is unknown")
+        end = require_map(obj, "flow end")
         return cls(
-            service=_typed(end, "service", str, "flow end"),
-            host=_typed(end, "host", str, "flow end"),
-            family=Family(family),
+            service=typed(end, "service", str, "flow end"),
+            host=typed(end, "host", str, "flow end"),
+            family=member(end, "family", Family, "flow end"),
             sockname=name_from_wire(end.get("sockname")),
             peername=name_from_wire(end.get("peername")),
         )
@@ -117,37 +95,23 @@ class Flow:
     @classmethod
     def from_wire(cls, obj: Any) -> Flow:
         """Check and read a flow."""
-        flow = _map(obj, "flow")
-        proto, family, verdict = (_typed(flow, key, str, "flow") for key in ("proto", "family", "verdict"))
-        if proto not in Proto.__members__.values():
-            raise ValueError(f"flow proto {proto!r} is unknown")
-        if family not in Family.__members__.values():
-            raise ValueError(f"flow family {family!r} is unknown")
-        if verdict not in FlowVerdict.__members__.values():
-            raise ValueError(f"flow verdict {verdict!r} is unknown")
-        scenario, preserved = flow.get("scenario"), flow.get("port_preserved")
-        if scenario is not None and not isinstance(scenario, str):
-            raise ValueError(f"flow 'scenario' has type {type(scenario).__name__}")
-        if preserved is not None and not isinstance(preserved, bool):
-            raise ValueError(f"flow 'port_preserved' has type {type(preserved).__name__}")
+        flow = require_map(obj, "flow")
         return cls(
-            flow=_typed(flow, "flow", str, "flow"),
-            proto=Proto(proto),
-            family=Family(family),
-            scenario=scenario,
+            flow=typed(flow, "flow", str, "flow"),
+            proto=member(flow, "proto", Proto, "flow"),
+            family=member(flow, "family", Family, "flow"),
+            scenario=optional(flow, "scenario", str, "flow"),
             client=FlowEnd.from_wire(flow["client"]) if flow.get("client") is not None else None,
             server=FlowEnd.from_wire(flow["server"]) if flow.get("server") is not None else None,
-            verdict=FlowVerdict(verdict),
-            port_preserved=preserved,
+            verdict=member(flow, "verdict", FlowVerdict, "flow"),
+            port_preserved=optional(flow, "port_preserved", bool, "flow"),
         )
 
 
 Address = tuple[str, int]
 
 
-def _address(obj: Any, what: str, *, optional: bool = False) -> Address | None:
-    if obj is None and optional:
-        return None
+def _address(obj: Any, what: str) -> Address:
     if (
         not isinstance(obj, list | tuple)
         or len(obj) != 2
@@ -158,6 +122,10 @@ def _address(obj: Any, what: str, *, optional: bool = False) -> Address | None:
     ):
         raise ValueError(f"{what} must be [host, port], not {obj!r}")
     return (obj[0], obj[1])
+
+
+def _optional_address(obj: Any, what: str) -> Address | None:
+    return None if obj is None else _address(obj, what)
 
 
 def _address_to_wire(address: Address | None) -> list[Any] | None:
@@ -193,7 +161,7 @@ class StunTransaction:
     @classmethod
     def from_wire(cls, obj: Any) -> StunTransaction:
         """Check and read a transaction."""
-        test = _map(obj, "natcheck test")
+        test = require_map(obj, "natcheck test")
         error = test.get("error")
         if error is not None and not (
             isinstance(error, list | tuple)
@@ -203,26 +171,16 @@ class StunTransaction:
             and isinstance(error[1], str)
         ):
             raise ValueError(f"natcheck test error must be [code, reason], not {error!r}")
-        local = _address(test.get("local"), "natcheck test local")
-        destination = _address(test.get("destination"), "natcheck test destination")
-        assert local is not None and destination is not None
         return cls(
-            name=_typed(test, "name", str, "natcheck test"),
-            local=local,
-            destination=destination,
-            mapped=_address(test.get("mapped"), "natcheck test mapped", optional=True),
-            source=_address(test.get("source"), "natcheck test source", optional=True),
-            response_origin=_address(test.get("response_origin"), "natcheck test response_origin", optional=True),
-            other_address=_address(test.get("other_address"), "natcheck test other_address", optional=True),
+            name=typed(test, "name", str, "natcheck test"),
+            local=_address(test.get("local"), "natcheck test local"),
+            destination=_address(test.get("destination"), "natcheck test destination"),
+            mapped=_optional_address(test.get("mapped"), "natcheck test mapped"),
+            source=_optional_address(test.get("source"), "natcheck test source"),
+            response_origin=_optional_address(test.get("response_origin"), "natcheck test response_origin"),
+            other_address=_optional_address(test.get("other_address"), "natcheck test other_address"),
             error=(error[0], error[1]) if error is not None else None,
         )
-
-
-def _behaviour(obj: dict[str, Any], key: str) -> Behaviour:
-    value = _typed(obj, key, str, "natcheck")
-    if value not in Behaviour.__members__.values():
-        raise ValueError(f"natcheck {key} {value!r} is unknown")
-    return Behaviour(value)
 
 
 @dataclass(frozen=True)
@@ -256,23 +214,19 @@ class NatCheckResult:
     @classmethod
     def from_wire(cls, obj: Any) -> NatCheckResult:
         """Check and read a summary; anything malformed raises ValueError."""
-        result = _map(obj, "natcheck")
+        result = require_map(obj, "natcheck")
         tests = result.get("tests", [])
         if not isinstance(tests, list):
             raise ValueError("natcheck 'tests' must be a list")
-        mapped = _address(result.get("mapped_address"), "natcheck mapped_address")
-        local = _address(result.get("local_address"), "natcheck local_address")
-        server = _address(result.get("server"), "natcheck server")
-        assert mapped is not None and local is not None and server is not None
         return cls(
-            mapping=_behaviour(result, "mapping"),
-            filtering=_behaviour(result, "filtering"),
-            port_preserved=_typed(result, "port_preserved", bool, "natcheck"),
-            hairpin=_typed(result, "hairpin", bool, "natcheck"),
-            mapped_address=mapped,
-            local_address=local,
-            server=server,
-            other_address=_address(result.get("other_address"), "natcheck other_address", optional=True),
+            mapping=member(result, "mapping", Behaviour, "natcheck"),
+            filtering=member(result, "filtering", Behaviour, "natcheck"),
+            port_preserved=typed(result, "port_preserved", bool, "natcheck"),
+            hairpin=typed(result, "hairpin", bool, "natcheck"),
+            mapped_address=_address(result.get("mapped_address"), "natcheck mapped_address"),
+            local_address=_address(result.get("local_address"), "natcheck local_address"),
+            server=_address(result.get("server"), "natcheck server"),
+            other_address=_optional_address(result.get("other_address"), "natcheck other_address"),
             tests=tuple(StunTransaction.from_wire(test) for test in tests),
         )
 
@@ -293,11 +247,11 @@ class NatCheck:
     @classmethod
     def from_wire(cls, obj: Any) -> NatCheck:
         """Check and read a report's natcheck entry."""
-        check = _map(obj, "natcheck")
+        check = require_map(obj, "natcheck")
         return cls(
-            service=_typed(check, "service", str, "natcheck"),
-            host=_typed(check, "host", str, "natcheck"),
-            time=float(_typed(check, "time", (int, float), "natcheck")),
+            service=typed(check, "service", str, "natcheck"),
+            host=typed(check, "host", str, "natcheck"),
+            time=float(typed(check, "time", (int, float), "natcheck")),
             result=NatCheckResult.from_wire(check),
         )
 
@@ -333,16 +287,16 @@ class Report:
     @classmethod
     def from_wire(cls, obj: Any) -> Report:
         """Check and read a report (extra keys, such as a reply's "ok", are ignored)."""
-        report = _map(obj, "report")
+        report = require_map(obj, "report")
         flows, natchecks = report.get("flows", []), report.get("natchecks", [])
         if not isinstance(flows, list) or not isinstance(natchecks, list):
             raise ValueError("report 'flows' and 'natchecks' must be lists")
         return cls(
             flows=tuple(Flow.from_wire(flow) for flow in flows),
-            methods=_counts(report.get("methods", {}), "report 'methods'"),
-            records=_typed(report, "records", int, "report"),
-            rejected=_typed(report, "rejected", int, "report"),
-            service_rejects=_counts(report.get("service_rejects", {}), "report 'service_rejects'"),
-            drops=_counts(report.get("drops", {}), "report 'drops'"),
+            methods=counts(report.get("methods", {}), "report 'methods'"),
+            records=typed(report, "records", int, "report"),
+            rejected=typed(report, "rejected", int, "report"),
+            service_rejects=counts(report.get("service_rejects", {}), "report 'service_rejects'"),
+            drops=counts(report.get("drops", {}), "report 'drops'"),
             natchecks=tuple(NatCheck.from_wire(check) for check in natchecks),
         )

@@ -16,9 +16,10 @@ import zmq
 
 from services.collector import Collector, Store, serve
 from services.echo import EchoServer
-from services.flows import Flow, FlowVerdict, join_flows
+from services.flows import join_flows
 from services.registry import RegistryServer
 from shared.record import Observation
+from shared.report_model import Flow
 from shared.reporter import Reporter
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class LiveCollector:
 
         def find() -> Flow | None:
             for flow in join_flows(self.records(flow_id)):
-                if flow.verdict != FlowVerdict.UNMATCHED and flow.client and "scenario" in flow.client.extra:
+                if flow.complete:
                     return flow
             return None
 

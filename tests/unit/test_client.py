@@ -32,7 +32,7 @@ def check_direct(live_collector: LiveCollector, outcome: Outcome) -> None:
     assert endpoint(flow.server.peername) == endpoint(outcome.local)  # type: ignore[arg-type]
     assert endpoint(flow.server.sockname) == endpoint(outcome.remote)  # type: ignore[arg-type]
     assert outcome.reflexive == flow.server.peername, "echo told the client the name it saw"
-    assert flow.client.extra["scenario"] == outcome.scenario
+    assert flow.scenario == outcome.scenario
 
 
 def echo_at(host: str, ports: dict[str, Any]) -> Registration:

@@ -14,16 +14,20 @@ import pytest
 import zmq
 
 from services.collector import Collector, Store, serve_page
+from services.report import format_table, render_page
 from shared.collector_protocol import query_collector
-from shared.record import Observation, Proto, Role, pack_observation
+from shared.names import json_name
+from shared.nat import Behaviour
+from shared.record import Family, Method, Observation, Proto, Role, pack_observation
+from shared.report_model import FlowVerdict, NatCheckResult, Report, StunTransaction
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
 
 pytestmark = pytest.mark.unit
 
 
-def observation(flow: str, role: Role, method: str, **fields: Any) -> bytes:
-    return pack_observation(Observation("svc", "h", flow, role, Proto.UDP, "ipv4", method, **fields))
+def observation(flow: str | None, role: Role, method: str, **fields: Any) -> bytes:
+    return pack_observation(Observation("svc", "h", flow, role, Proto.UDP, Family.IPV4, Method(method), **fields))
 
 
 GOOD = [
@@ -50,13 +54,13 @@ def test_report_has_flows_methods_records_rejects_and_drops(tmp_path: Path) -> N
     for raw in [*GOOD, BAD[0], refused]:
         collector.ingest(raw)
     report = collector.report()
-    assert (report["records"], report["rejected"]) == (4, 1)
-    assert report["methods"] == {"getsockname": 1, "getpeername": 1, "recvmsg": 2}
-    assert (report["drops"], report["service_rejects"], report["natchecks"]) == ({"svc": 7}, {"svc": 1}, [])
-    first = report["flows"][0]
-    assert (first["flow"], first["scenario"], first["verdict"]) == ("f1", "udp4", "snat")
-    assert first["port_preserved"] is True
-    assert report["flows"][1]["verdict"] == "unmatched"
+    assert (report.records, report.rejected) == (4, 1)
+    assert report.methods == {"getsockname": 1, "getpeername": 1, "recvmsg": 2}
+    assert (report.drops, report.service_rejects, report.natchecks) == ({"svc": 7}, {"svc": 1}, ())
+    first, second = report.flows
+    assert (first.flow, first.scenario, first.verdict, first.port_preserved) == ("f1", "udp4", FlowVerdict.SNAT, True)
+    assert first.client is not None and first.client.sockname == ("192.168.50.20", 5000)
+    assert (second.flow, second.verdict, second.complete) == ("f2", FlowVerdict.UNMATCHED, False)
     collector.store.close()
 
 
@@ -98,12 +102,15 @@ def test_queries_over_zeromq(
         reporter.observe(sock, "connect", "f9", Role.CLIENT, remote=("192.0.2.1", 1))
         reporter.observe(sock, "connect", "f8", Role.CLIENT, remote=("192.0.2.2", 2))
     live_collector.wait_for_records(count=2)
-    records = query_collector(zmq_context, live_collector.query, {"op": "records", "flow": "f9"})["records"]
-    assert [(r["flow"], r["remote"], r["service"]) for r in records] == [("f9", ["192.0.2.1", 1], "client")]
+    reply = query_collector(zmq_context, live_collector.query, {"op": "records", "flow": "f9"})
+    [record] = [Observation.from_wire(r) for r in reply["records"]]
+    assert (record.flow, record.remote, record.service, record.method) == ("f9", ("192.0.2.1", 1), "client", "connect")
+    assert record == live_collector.records("f9")[0], "the query answers the stored record exactly"
     assert len(query_collector(zmq_context, live_collector.query, {"op": "records"})["records"]) == 2
-    report = query_collector(zmq_context, live_collector.query, {"op": "report"})
-    assert [(f["flow"], f["verdict"]) for f in report["flows"]] == [("f9", "unmatched"), ("f8", "unmatched")]
-    assert (report["records"], report["rejected"], report["methods"]) == (2, 0, {"connect": 2})
+    report = Report.from_wire(query_collector(zmq_context, live_collector.query, {"op": "report"}))
+    assert [(f.flow, f.verdict) for f in report.flows] == [("f9", FlowVerdict.UNMATCHED), ("f8", FlowVerdict.UNMATCHED)]
+    assert (report.records, report.rejected, report.methods) == (2, 0, {"connect": 2})
+    assert report == live_collector.collector.report()
 
 
 @pytest.mark.parametrize(
@@ -137,20 +144,88 @@ def test_garbage_over_zeromq_is_counted(live_collector: LiveCollector, zmq_socke
     assert live_collector.collector.rejected == 2
 
 
-def test_a_natcheck_extra_that_is_not_a_map_does_not_break_the_report(
-    live_collector: LiveCollector, zmq_context: zmq.Context, reporter: Reporter
-) -> None:
-    with socket.socket() as sock:
-        reporter.observe(sock, "connect", "n1", Role.CLIENT, extra={"natcheck": 1})
-    live_collector.wait_for_records()
-    report = query_collector(zmq_context, live_collector.query, {"op": "report"})
-    assert (report["records"], report["natchecks"]) == (1, [])
+RESULT = NatCheckResult(
+    mapping=Behaviour.ENDPOINT_INDEPENDENT,
+    filtering=Behaviour.ADDRESS_AND_PORT_DEPENDENT,
+    port_preserved=True,
+    hairpin=False,
+    mapped_address=("198.51.100.2", 41579),
+    local_address=("192.168.50.20", 41579),
+    server=("198.51.100.3", 3478),
+    other_address=("198.51.100.4", 3479),
+    tests=(StunTransaction("mapping-1 primary", ("192.168.50.20", 41579), ("198.51.100.3", 3478)),),
+)
 
 
-def test_a_natcheck_summary_missing_keys_is_left_out(tmp_path: Path) -> None:
+def natcheck_record(summary: Any) -> bytes:
+    return observation(None, Role.CLIENT, "getsockname", time=7.0, extra={"natcheck": summary})
+
+
+def test_a_natcheck_summary_is_read_once_at_ingest_and_reported_typed(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
-    collector.ingest(observation("n2", Role.CLIENT, "getsockname", extra={"natcheck": {"mapping": "x"}}))
-    assert collector.report()["natchecks"] == []
+    assert collector.ingest(natcheck_record(RESULT.to_wire()))
+    [check] = collector.report().natchecks
+    assert (check.service, check.host, check.time, check.result) == ("svc", "h", 7.0, RESULT)
+    collector.store.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"natcheck": 1}, "record extra natcheck: natcheck is a int, not a map"),
+        ({"natcheck": {"mapping": "endpoint-independent"}}, "record extra natcheck: natcheck has no 'filtering'"),
+        ({"natcheck": {**RESULT.to_wire(), "mapping": 1}}, "record extra natcheck: natcheck 'mapping' has type int"),
+        ({"natcheck": {**RESULT.to_wire(), "mapping": "cone"}}, "record extra natcheck: natcheck mapping 'cone'"),
+        ({"natcheck": {**RESULT.to_wire(), "hairpin": "no"}}, "record extra natcheck: natcheck 'hairpin' has type"),
+        (
+            {"natcheck": {**RESULT.to_wire(), "mapped_address": [b"198.51.100.2", 1]}},
+            "record extra natcheck: natcheck mapped_address must be [host, port]",
+        ),
+        (
+            {
+                "natcheck": {
+                    **RESULT.to_wire(),
+                    "tests": [{"name": b"\xff", "local": ["a", 1], "destination": ["b", 2]}],
+                }
+            },
+            "record extra natcheck: natcheck test 'name' has type bytes",
+        ),
+        ({"scenario": 4}, "record extra 'scenario' has type int"),
+    ],
+    ids=[
+        "not-a-map",
+        "missing-keys",
+        "mapping-int",
+        "mapping-word",
+        "hairpin-str",
+        "bytes-host",
+        "bytes-test",
+        "scenario",
+    ],
+)
+def test_a_record_whose_extras_would_break_the_report_is_rejected_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, extra: dict[str, Any], error: str
+) -> None:
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    assert not collector.ingest(observation("n1", Role.CLIENT, "getsockname", extra=extra))
+    assert collector.ingest(GOOD[0]), "and the next record is taken"
+    assert (collector.rejected, len(collector.observations)) == (1, 1)
+    assert error in caplog.text
+    report = collector.report()
+    assert report.natchecks == () and Report.from_wire(json.loads(json.dumps(report.to_wire()))) == report
+    assert format_table(report) and render_page(report)
+    collector.store.close()
+
+
+def test_a_stored_record_with_a_malformed_natcheck_is_skipped_on_replay(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.bin")
+    store = Store(path)
+    for raw in [GOOD[0], natcheck_record({**RESULT.to_wire(), "mapping": 1}), natcheck_record(RESULT.to_wire())]:
+        store.append(raw)  # as an older collector, which checked less, would have stored them
+    store.close()
+    collector = Collector(Store(path))
+    assert len(collector.observations) == 2
+    assert [c.result for c in collector.report().natchecks] == [RESULT]
     collector.store.close()
 
 
@@ -191,4 +266,4 @@ def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
         collector.store.close()
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
     assert '<td class="snat">snat, port kept</td>' in page
-    assert served["flows"] == json.loads(json.dumps(collector.report()["flows"]))
+    assert served == json.loads(json.dumps(collector.report().to_wire(), default=json_name))

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from services.flows import FlowEnd, FlowVerdict, is_wildcard, join_flows, judge
-from shared.record import Observation, Proto, Role
+from services.flows import is_wildcard, join_flows, judge
+from shared.record import Family, Method, Observation, Proto, Role
+from shared.report_model import FlowEnd, FlowVerdict
 
 pytestmark = pytest.mark.unit
 
@@ -16,7 +17,7 @@ ME_MAPPED, ECHO_MAPPED = ("::ffff:192.168.50.20", 40000, 0, 0), ("::ffff:198.51.
 
 
 def end(sockname: Any, peername: Any) -> FlowEnd:
-    return FlowEnd("svc", "h", "ipv4", sockname, peername, {})
+    return FlowEnd("svc", "h", Family.IPV4, sockname, peername)
 
 
 @pytest.mark.parametrize(
@@ -61,8 +62,8 @@ def test_unix_paths_are_compared_as_paths_and_have_no_port() -> None:
 
 def obs(role: Role, method: str, local: Any = None, remote: Any = None, flow: Any = "f") -> Observation:
     unix = isinstance(local, str) or isinstance(remote, str)
-    family, proto = ("unix", Proto.UNIX) if unix else ("ipv4", Proto.TCP)
-    return Observation(role.value, "h", flow, role, proto, family, method, local=local, remote=remote)
+    family, proto = (Family.UNIX, Proto.UNIX) if unix else (Family.IPV4, Proto.TCP)
+    return Observation(role.value, "h", flow, role, proto, family, Method(method), local=local, remote=remote)
 
 
 CLIENT = [
@@ -91,9 +92,8 @@ def test_join_pairs_client_and_server_records_of_one_flow() -> None:
     )
     assert flow.client is not None and flow.server is not None
     assert (flow.client.sockname, flow.client.peername) == (ME, ECHO)
-    assert flow.server.peername == ME_MAPPED
-    wire = flow.to_wire()
-    assert wire["client"]["sockname"] == list(ME) and wire["server"]["service"] == "server"
+    assert flow.server.peername == ME_MAPPED and flow.server.service == "server"
+    assert (flow.scenario, flow.complete) == (None, False), "no client record named a scenario yet"
 
 
 def test_unmatched_with_one_end_only() -> None:
@@ -139,3 +139,12 @@ def test_flows_keep_their_order_and_records_without_flow_are_ignored() -> None:
     records = [obs(Role.SERVER, "bind", local=("::", 7007, 0, 0), flow=None)]
     records += [obs(Role.CLIENT, "connect", remote=ECHO, flow=f) for f in ("b", "a", "c")]
     assert [f.flow for f in join_flows(records)] == ["b", "a", "c"]
+
+
+def test_the_clients_closing_record_names_the_scenario_and_completes_the_flow() -> None:
+    closing = obs(Role.CLIENT, "getsockname", local=ME)
+    closing.extra["scenario"] = "tcp4"
+    [flow] = join_flows([*CLIENT, closing, *server(ME, ECHO)])
+    assert (flow.scenario, flow.verdict, flow.complete) == ("tcp4", FlowVerdict.DIRECT, True)
+    [half] = join_flows([*CLIENT, closing])
+    assert (half.scenario, half.complete) == ("tcp4", False), "one end only is never complete"

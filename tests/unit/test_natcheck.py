@@ -7,6 +7,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from services.report import format_table
 from services.stun_server import check_addresses
 from shared import stun
 from shared.config import load_config
+from shared.nat import Behaviour
 from shared.record import Role
+from shared.report_model import FlowVerdict, NatCheck, NatCheckResult, Report
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, Loops, MakeReporter, wait_until
 
@@ -246,15 +249,15 @@ def test_natcheck_on_loopback_finds_no_nat(
 ) -> None:
     name = names(rfc5780_registry)
     result = natcheck.run_natcheck(make_reporter("natcheck"), name["A1:P1"], timeout=0.3, attempts=2)
-    assert result["mapping"] == "none"
-    assert result["filtering"] == "endpoint-independent", "nothing filters on loopback"
-    assert result["port_preserved"] is True and result["hairpin"] is True
-    assert result["mapped_address"] == result["local_address"] and result["local_address"][0] == PRIMARY
-    assert result["other_address"] == list(name["A2:P2"])
-    first, both = result["tests"]
-    assert first["name"] == "mapping-1 primary" and first["response_origin"] == list(name["A1:P1"])
-    assert both["name"] == "filtering-2 change address and port"
-    assert both["source"] == both["response_origin"] == list(name["A2:P2"])
+    assert result.mapping == Behaviour.NONE
+    assert result.filtering == Behaviour.ENDPOINT_INDEPENDENT, "nothing filters on loopback"
+    assert result.port_preserved is True and result.hairpin is True
+    assert result.mapped_address == result.local_address and result.local_address[0] == PRIMARY
+    assert result.other_address == name["A2:P2"]
+    first, both = result.tests
+    assert first.name == "mapping-1 primary" and first.response_origin == name["A1:P1"]
+    assert both.name == "filtering-2 change address and port"
+    assert both.source == both.response_origin == name["A2:P2"]
 
     def all_records_in() -> bool:
         """natcheck's summary is its last record; the registry reports each sendto after sending it."""
@@ -264,8 +267,11 @@ def test_natcheck_on_loopback_finds_no_nat(
         return any("natcheck" in r.extra for r in records) and len(asked) == 2 and asked == answered
 
     wait_until(all_records_in, "every record of mapping-1, filtering-2 and the hairpin")
-    flows = [f for f in live_collector.collector.report()["flows"] if f["flow"].startswith("stun-")]
-    assert len(flows) == 3 and {f["verdict"] for f in flows} == {"direct"}, flows
+    report = live_collector.collector.report()
+    flows = [f for f in report.flows if f.flow.startswith("stun-")]
+    assert len(flows) == 3 and {f.verdict for f in flows} == {FlowVerdict.DIRECT}, flows
+    [check] = report.natchecks
+    assert check.result == result, "the collector holds exactly what natcheck found"
     assert "mapping:        none" in natcheck.format_summary(result)
 
 
@@ -275,14 +281,13 @@ def test_mapping_tests_follow_other_address(
     name = names(rfc5780_registry)
     probe = natcheck.StunProbe(make_reporter("natcheck"), name["A1:P1"], timeout=0.3, attempts=2)
     try:
-        first = probe.transact("mapping-1 primary", name["A1:P1"])
-        first.mapped = ("192.0.2.1", 1)
+        first = replace(probe.transact("mapping-1 primary", name["A1:P1"]), mapped=("192.0.2.1", 1))
         tests = [first]
         mapping = natcheck.check_mapping(probe, name["A1:P1"], first, tests)
     finally:
         probe.close()
     assert [t.destination for t in tests[1:]] == [name["A2:P1"], name["A2:P2"]]
-    assert mapping == "address-dependent", "tests II and III agree with each other, not with a faked test I"
+    assert mapping == Behaviour.ADDRESS_DEPENDENT, "tests II and III agree with each other, not with a faked test I"
 
 
 def test_natcheck_json_has_every_field_and_reaches_the_collector(
@@ -301,8 +306,9 @@ def test_natcheck_json_has_every_field_and_reaches_the_collector(
     for test in result["tests"]:
         assert {"name", "destination", "mapped", "response_origin"} <= set(test)
         assert len(test["destination"]) == 2 and len(test["mapped"]) == 2 and len(test["response_origin"]) == 2
-    checks = wait_until(lambda: live_collector.collector.report()["natchecks"], "the natcheck summary")
-    assert checks[-1]["service"] == "natcheck-cli" and checks[-1]["mapped_address"] == result["mapped_address"]
+    checks = wait_until(lambda: live_collector.collector.report().natchecks, "the natcheck summary")
+    assert checks[-1].service == "natcheck-cli" and checks[-1].result.to_wire() == result
+    assert NatCheckResult.from_wire(result) == checks[-1].result
     [summary] = [r for r in live_collector.records() if "natcheck" in r.extra]
     assert (summary.method, summary.flow, summary.role) == ("getsockname", None, Role.CLIENT)
 
@@ -313,8 +319,8 @@ def test_natcheck_against_a_server_without_alternate_says_unknown_quickly(
     began = time.monotonic()
     result = natcheck.run_natcheck(make_reporter("natcheck"), (PRIMARY, plain_registry.stun_port), 0.3, 3)
     assert time.monotonic() - began < 0.9, "no test waited for an answer that cannot come"
-    assert (result["mapping"], result["filtering"], result["other_address"]) == ("none", "unknown", None)
-    assert [t["name"] for t in result["tests"]] == ["mapping-1 primary"]
+    assert (result.mapping, result.filtering, result.other_address) == (Behaviour.NONE, Behaviour.UNKNOWN, None)
+    assert [t.name for t in result.tests] == ["mapping-1 primary"]
     assert "SOCKLAB_STUN_ADDRESSES" in natcheck.format_summary(result)
 
 
@@ -336,25 +342,25 @@ def test_natcheck_without_a_server_gives_up_after_its_retransmits(make_reporter:
     ],
 )
 def test_classify_reads_rfc5780_mapping_tests(mapped: tuple[Any, Any, Any], behaviour: str) -> None:
-    assert natcheck.classify(*mapped) == behaviour
+    assert natcheck.classify(*mapped) == Behaviour(behaviour)
 
 
 def test_report_table_shows_the_newest_nat_check_per_service() -> None:
-    check = {"mapping": "none", "filtering": "endpoint-independent", "port_preserved": True, "hairpin": True}
-    report = {
-        "flows": [],
-        "methods": {},
-        "records": 0,
-        "rejected": 0,
-        "natchecks": [
-            {**check, "service": "client-lan", "mapped_address": ["198.51.100.2", 1], "mapping": "symmetric?"},
-            {**check, "service": "client-wan", "mapped_address": ["198.51.100.20", 2]},
-            {**check, "service": "client-lan", "mapped_address": ["198.51.100.2", 3], "port_preserved": False},
-        ],
-    }
+    def check(service: str, mapped: tuple[str, int], **changes: Any) -> NatCheck:
+        result = NatCheckResult(
+            Behaviour.NONE, Behaviour.ENDPOINT_INDEPENDENT, True, True, mapped, mapped, ("198.51.100.3", 3478), None
+        )
+        return NatCheck(service, service, 1.0, replace(result, **changes))
+
+    checks = (
+        check("client-lan", ("198.51.100.2", 1), mapping=Behaviour.ADDRESS_AND_PORT_DEPENDENT),
+        check("client-wan", ("198.51.100.20", 2)),
+        check("client-lan", ("198.51.100.2", 3), port_preserved=False),
+    )
+    report = Report(natchecks=checks)
     lines = format_table(report).splitlines()
     section = lines[lines.index("NAT check") + 1 :]
     assert section[0].split() == ["service", "mapping", "filtering", "port", "hairpin", "mapped", "address"]
     assert section[1].split() == ["client-lan", "none", "endpoint-independent", "changed", "yes", "198.51.100.2:3"]
     assert section[2].split() == ["client-wan", "none", "endpoint-independent", "kept", "yes", "198.51.100.20:2"]
-    assert "NAT check" not in format_table({**report, "natchecks": []})
+    assert "NAT check" not in format_table(Report())

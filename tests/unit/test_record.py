@@ -110,3 +110,16 @@ def wire(**changes: Any) -> bytes:
 def test_malformed_records_are_refused(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(error)}"):
         unpack_observation(data)
+
+
+def test_a_record_round_trips_byte_for_byte_through_its_map() -> None:
+    data = pack_observation(record())
+    again = Observation.from_wire(msgpack.unpackb(data, raw=False))
+    assert again == record() and again.to_wire() == msgpack.unpackb(data, raw=False)
+    assert pack_observation(again) == data
+
+
+@pytest.mark.parametrize("moment", [float("nan"), float("inf")])
+def test_a_time_json_cannot_carry_is_refused(moment: float) -> None:
+    with pytest.raises(ValueError, match=r"^record 'time' .* is not finite$"):
+        unpack_observation(wire(time=moment))

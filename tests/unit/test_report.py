@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import zmq
 
 from services.flows import join_flows
-from services.report import describe_verdict, format_table, query_collector
-from shared.record import Observation, Proto, Role
-from tests.conftest import free_port
+from services.report import describe_verdict, format_table, main
+from shared.collector_protocol import query_collector
+from shared.record import Family, Method, Observation, Proto, Role, pack_observation
+from shared.report_model import Flow, FlowVerdict, Report
+from tests.conftest import LiveCollector, free_port
 
 pytestmark = pytest.mark.unit
 
 
 def obs(flow: str, role: Role, method: str, scenario: str | None = None, **names: Any) -> Observation:
     unix = any(isinstance(n, str) for n in names.values())
-    family, proto = ("unix", Proto.UNIX) if unix else ("ipv4", Proto.TCP)
+    family, proto = (Family.UNIX, Proto.UNIX) if unix else (Family.IPV4, Proto.TCP)
     extra = {"scenario": scenario} if scenario else {}
-    return Observation(role.value, "h", flow, role, proto, family, method, extra=extra, **names)
+    return Observation(role.value, "h", flow, role, proto, family, Method(method), extra=extra, **names)
 
 
 ME, ECHO = ("192.168.50.20", 40000), ("198.51.100.10", 7007)
@@ -36,9 +39,8 @@ RECORDS = [
 ]
 
 
-def report() -> dict[str, Any]:
-    flows = [flow.to_wire() for flow in join_flows(RECORDS)]
-    return {"flows": flows, "methods": {"getsockname": 4, "connect": 1}, "records": 9, "rejected": 2}
+def report() -> Report:
+    return Report(tuple(join_flows(RECORDS)), methods={"getsockname": 4, "connect": 1}, records=9, rejected=2)
 
 
 def test_table_has_a_line_per_flow_ending_in_its_verdict() -> None:
@@ -66,7 +68,8 @@ def test_table_has_a_line_per_flow_ending_in_its_verdict() -> None:
     ],
 )
 def test_describe_verdict(verdict: str, preserved: bool | None, text: str) -> None:
-    assert describe_verdict({"verdict": verdict, "port_preserved": preserved}) == text
+    flow = Flow("f", Proto.TCP, Family.IPV4, None, None, None, FlowVerdict(verdict), preserved)
+    assert describe_verdict(flow) == text
 
 
 def test_query_collector_times_out_when_nobody_answers() -> None:
@@ -76,3 +79,17 @@ def test_query_collector_times_out_when_nobody_answers() -> None:
             query_collector(context, f"tcp://127.0.0.1:{free_port()}", {"op": "ping"}, timeout=0.2)
     finally:
         context.term()
+
+
+def test_report_command_prints_the_collectors_report_as_json_and_as_a_table(
+    live_collector: LiveCollector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for obs in RECORDS:
+        live_collector.collector.ingest(pack_observation(obs))
+    main(["--json", "--query", live_collector.query])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(live_collector.collector.report().to_wire()))
+    assert list(printed) == ["flows", "methods", "records", "rejected", "service_rejects", "drops", "natchecks"]
+    assert Report.from_wire(printed) == live_collector.collector.report()
+    main(["--query", live_collector.query])
+    assert capsys.readouterr().out == format_table(live_collector.collector.report()) + "\n"
