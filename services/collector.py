@@ -154,12 +154,22 @@ class Collector:
             return {"ok": False, "error": str(exc)}
 
 
-def serve(collector: Collector, context: zmq.Context, ingest: str, query: str, stop: threading.Event) -> None:
-    """Bind PULL and REP and serve both from one poller until `stop` is set."""
+def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """Bind PULL for records and REP for queries; an endpoint ending in :* takes a port no one holds."""
     pull = context.socket(zmq.PULL)
-    pull.bind(ingest)
     rep = context.socket(zmq.REP)
-    rep.bind(query)
+    try:
+        pull.bind(ingest)
+        rep.bind(query)
+    except zmq.ZMQError:
+        pull.close(linger=0)
+        rep.close(linger=0)
+        raise
+    return pull, rep
+
+
+def serve(collector: Collector, pull: zmq.Socket, rep: zmq.Socket, stop: threading.Event) -> None:
+    """Serve records and queries from one poller until `stop` is set, then close both sockets."""
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     poller.register(rep, zmq.POLLIN)
@@ -225,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_page(collector, "", cfg.http_port)
     log.info("collector ingesting on %d, answering on %d, page on %d", cfg.ingest_port, cfg.query_port, cfg.http_port)
     try:
-        serve(collector, context, f"tcp://*:{cfg.ingest_port}", f"tcp://*:{cfg.query_port}", threading.Event())
+        sockets = bind(context, f"tcp://*:{cfg.ingest_port}", f"tcp://*:{cfg.query_port}")
+        serve(collector, *sockets, threading.Event())
     finally:
         store.close()
         context.term()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import zmq
 
-from services.collector import Collector, Store, serve
+from services.collector import Collector, Store, bind, serve
 from services.echo import EchoServer
 from services.flows import join_flows
 from services.registry import RegistryServer
 from shared.record import Observation
 from shared.report_model import Flow
 from shared.reporter import Reporter
+from tests.helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.integration.stack import Stack
@@ -29,23 +29,6 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 MakeReporter = Callable[[str], Reporter]
 ZmqSocket = Callable[[int], zmq.Socket]
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody holds right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    """Poll until check() is truthy and return its value; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-    return result
 
 
 class Loops:
@@ -97,18 +80,15 @@ class LiveCollector:
             hits = [o for o in self.records() if match(o)]
             return hits if len(hits) >= count else None
 
-        return wait_until(found, f"{count} {what}")
+        return wait_for(found, f"{count} {what}")
 
     def wait_for_flow(self, flow_id: str) -> Flow:
-        """Poll until a flow is joined: both ends reported and the client's closing getsockname is in."""
+        """Poll until a flow is complete: both ends joined and the client's closing record is in."""
 
         def find() -> Flow | None:
-            for flow in join_flows(self.records(flow_id)):
-                if flow.complete:
-                    return flow
-            return None
+            return next((flow for flow in join_flows(self.records(flow_id)) if flow.complete), None)
 
-        return wait_until(find, f"flow {flow_id} joined")
+        return wait_for(find, f"flow {flow_id} joined")
 
 
 @pytest.fixture
@@ -138,6 +118,18 @@ def zmq_socket(zmq_context: zmq.Context) -> Iterator[ZmqSocket]:
 
 
 @pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback TCP port held bound but never listening: connecting is refused, and no one else takes it.
+
+    Held with SO_REUSEADDR, so a socket that sets it too (tcp-bound's client) may still bind the port.
+    """
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
+@pytest.fixture
 def loops() -> Loops:
     return Loops()
 
@@ -147,8 +139,9 @@ def live_collector(tmp_path: Path, zmq_context: zmq.Context, loops: Loops) -> It
     """A collector on loopback in a thread, with its store in tmp_path."""
     store = Store(str(tmp_path / "records.bin"))
     collector = Collector(store)
-    ingest, query = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    halt = loops.start(lambda stop: serve(collector, zmq_context, ingest, query, stop))
+    pull, rep = bind(zmq_context, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    ingest, query = (sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in (pull, rep))
+    halt = loops.start(lambda stop: serve(collector, pull, rep, stop))  # the loop's thread owns them from here
     try:
         yield LiveCollector(collector, ingest, query)
     finally:

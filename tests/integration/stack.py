@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+import tarfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,18 @@ from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
 
 import docker
-from shared.collector_protocol import query_collector
+from shared.collector_protocol import QueryOp, query_collector
 from shared.names import unmap_host
+from shared.report_model import Flow, Report
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = os.environ.get("SOCKLAB_TEST_PROJECT", "socklab-test")
 IMAGE = "socklab:latest"
 PROBE_LABEL = "socklab.test.probe"
 GO_FILE = "/tmp/socklab-go"
+SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPT_DIR = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,12 @@ class Stack:
         """Docker's record of a container on a network: addresses and gateway."""
         container = self.container(service)
         container.reload()
-        return container.attrs["NetworkSettings"]["Networks"][self.network_name(network)]  # type: ignore[no-any-return]
+        return container.attrs["NetworkSettings"]["Networks"][self.network_name(network)]
 
     def ip(self, service: str, network: str, version: int = 4) -> str:
         """The container's address on a network, as Docker assigned it."""
         ep = self.endpoint(service, network)
-        return ep["IPAddress"] if version == 4 else ep["GlobalIPv6Address"]  # type: ignore[no-any-return]
+        return ep["IPAddress"] if version == 4 else ep["GlobalIPv6Address"]
 
     def published_port(self, service: str, port: str, host_ip: str = "127.0.0.1") -> int:
         """The host port Docker published a container port on (e.g. '7007/udp') at a host address."""
@@ -143,31 +148,29 @@ class Stack:
         bindings = container.attrs["NetworkSettings"]["Ports"][port]
         return int(next(b["HostPort"] for b in bindings if b["HostIp"] == host_ip))
 
-    def query(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Ask the collector over its published REP port."""
+    def query(self) -> Report:
+        """The collector's report, asked over its published REP port."""
         endpoint = f"tcp://127.0.0.1:{self.published_port('collector', '5556/tcp')}"
-        return query_collector(self.context, endpoint, {"op": op, **fields})
+        return Report.from_wire(query_collector(self.context, endpoint, {"op": str(QueryOp.REPORT)}))
 
-    def try_query(self, op: str, **fields: Any) -> dict[str, Any] | None:
-        """Ask the collector, or None while it does not answer (restarting)."""
+    def try_query(self) -> Report | None:
+        """The collector's report, or None while it does not answer (restarting)."""
         try:
-            return self.query(op, **fields)
+            return self.query()
         except (TimeoutError, KeyError, IndexError, TypeError):
             return None
 
     def ingest_endpoint(self) -> str:
         return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
 
-    def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> dict[str, Any]:
-        """Poll the collector until a flow is joined: both ends and the client's closing record (its scenario)."""
-        return wait_for(lambda: self.find_flow(flow_id, both_ends), f"flow {flow_id} in the collector", timeout)
+    def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> Flow:
+        """Poll the collector until it holds a flow, complete unless `both_ends` is False."""
+        return wait_for(lambda: self.find_flow(flow_id, both_ends), f"flow {flow_id} in the collector", timeout, 0.1)
 
-    def find_flow(self, flow_id: str, both_ends: bool) -> dict[str, Any] | None:
-        for flow in self.query("report")["flows"]:
-            complete = flow["verdict"] != "unmatched" and flow["scenario"] is not None
-            if flow["flow"] == flow_id and (not both_ends or complete):
-                return flow  # type: ignore[no-any-return]
-        return None
+    def find_flow(self, flow_id: str, both_ends: bool = True) -> Flow | None:
+        """The collector's flow with this id, if it has it (and it is complete, unless `both_ends` is False)."""
+        flow = self.query().flow(flow_id)
+        return flow if flow is not None and (flow.complete or not both_ends) else None
 
     def exec(self, service: str, *command: str, user: str = "socklab") -> str:
         """Run a command in a service's container; fail the test with its output if it fails."""
@@ -175,6 +178,18 @@ class Stack:
         text = output.decode(errors="replace")
         assert code == 0, f"{' '.join(command)} in {service} exited {code}:\n{text}"
         return text
+
+    def run_script(self, service: str, script: str, *args: str) -> str:
+        """Copy a script from tests/integration/scripts into a service's container and run it with python3 there."""
+        path = SCRIPTS / script
+        data = path.read_bytes()
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        assert self.container(service).put_archive(SCRIPT_DIR, archive.getvalue()), f"{script} not copied"
+        return self.exec(service, "python3", f"{SCRIPT_DIR}/{path.name}", *args)
 
     def run_client(self, service: str, *args: str) -> list[dict[str, Any]]:
         """Run `socklab client --json` in a client container; one dict per flow it ran."""
@@ -220,15 +235,3 @@ class Stack:
 def parse_json_lines(text: str) -> list[dict[str, Any]]:
     """Take the JSON objects out of mixed output (log lines go to stderr but exec_run merges them)."""
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll until check() returns something truthy; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)

@@ -10,7 +10,9 @@ import pytest
 import zmq
 
 from services.client import SCENARIOS, Target
+from shared.report_model import FlowVerdict
 from shared.reporter import Reporter
+from tests.helpers import ends, host_port
 from tests.integration.stack import ConntrackEntry, Stack, parse_conntrack, parse_json_lines, same_host
 
 pytestmark = pytest.mark.integration
@@ -47,9 +49,11 @@ def test_host_to_published_port(stack: Stack, scenario_name: str, host: str) -> 
         reporter.close()
         context.term()
     flow = stack.wait_for_flow(outcome.flow)
-    client, server = flow["client"], flow["server"]
-    assert client["sockname"][0] == client["peername"][0] == host
-    assert client["peername"][1] == port
+    client, server = ends(flow)
+    (my_host, my_port), (peer_host, peer_port) = host_port(client.sockname), host_port(client.peername)
+    (server_host, server_port), (seen_host, seen_port) = host_port(server.sockname), host_port(server.peername)
+    assert my_host == peer_host == host
+    assert peer_port == port
     proxy = docker_proxy_for(host, port, proto)
     if proxy is not None:
         # Docker's user-space proxy accepted our connection and opened its own from the bridge gateway.
@@ -57,15 +61,15 @@ def test_host_to_published_port(stack: Stack, scenario_name: str, host: str) -> 
         version = 6 if ":" in target else 4
         [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n, version) == target]
         gateway = stack.endpoint("echo", network)["Gateway" if version == 4 else "IPv6Gateway"]
-        assert flow["verdict"] == "proxied", flow
-        assert same_host(server["sockname"][0], target)
-        assert same_host(server["peername"][0], gateway)
+        assert flow.verdict == FlowVerdict.PROXIED, flow
+        assert same_host(server_host, target)
+        assert same_host(seen_host, gateway)
     else:
         # No proxy: the host kernel translated the packets, and its conntrack table holds the translation.
-        [entry] = [e for e in host_conntrack() if e.sport == client["sockname"][1] and e.dport == port]
-        assert same_host(server["sockname"][0], entry.reply_src) and server["sockname"][1] == entry.reply_sport
-        assert same_host(server["peername"][0], entry.reply_dst) and server["peername"][1] == entry.reply_dport
-        assert flow["verdict"] == "proxied", "source and destination both rewritten"
+        [entry] = [e for e in host_conntrack() if e.sport == my_port and e.dport == port]
+        assert same_host(server_host, entry.reply_src) and server_port == entry.reply_sport
+        assert same_host(seen_host, entry.reply_dst) and seen_port == entry.reply_dport
+        assert flow.verdict == FlowVerdict.PROXIED, "source and destination both rewritten"
 
 
 def test_registry_sees_registrant_behind_nat_as_conntrack_says(stack: Stack) -> None:
@@ -98,11 +102,12 @@ def test_clients_behind_nat_on_one_source_port_are_remapped(stack: Stack) -> Non
     preserved = []
     for outcome in outcomes:
         flow = stack.wait_for_flow(outcome["flow"])
+        _, server = ends(flow)
         [entry] = [e for e in entries if e.src == outcome["local"][0] and e.sport == port]
-        assert flow["verdict"] == "snat"
-        assert flow["server"]["peername"][1] == entry.reply_dport, "the server sees conntrack's mapped port"
-        assert flow["port_preserved"] == (entry.reply_dport == port)
-        preserved.append(flow["port_preserved"])
+        assert flow.verdict == FlowVerdict.SNAT
+        assert host_port(server.peername)[1] == entry.reply_dport, "the server sees conntrack's mapped port"
+        assert flow.port_preserved == (entry.reply_dport == port)
+        preserved.append(flow.port_preserved)
     assert preserved.count(True) == 1, f"one flow keeps port {port}, the rest are remapped: {preserved}"
 
 
@@ -114,6 +119,7 @@ def test_source_name_follows_routing_table_per_destination(stack: Stack) -> None
         kernel_source = route[route.index("src") + 1]
         assert outcome["local"][0] == kernel_source == stack.ip("client-wan", network)
         flow = stack.wait_for_flow(outcome["flow"])
-        assert flow["verdict"] == "direct"
-        assert same_host(flow["server"]["peername"][0], stack.ip("client-wan", network))
-        assert same_host(flow["server"]["sockname"][0], destination)
+        _, server = ends(flow)
+        assert flow.verdict == FlowVerdict.DIRECT
+        assert same_host(host_port(server.peername)[0], stack.ip("client-wan", network))
+        assert same_host(host_port(server.sockname)[0], destination)

@@ -8,37 +8,26 @@ import re
 import pytest
 
 from shared.names import endpoint
-from tests.integration.stack import Stack, same_host, wait_for
+from tests.helpers import wait_for
+from tests.integration.stack import Stack, same_host
 
 pytestmark = pytest.mark.integration
-
-# aioice (Debian's python3-aioice), an ICE agent: gathers a server-reflexive candidate with RFC 8489 Binding.
-AIOICE = r"""
-import asyncio, json, sys
-import aioice
-
-async def main():
-    conn = aioice.Connection(ice_controlling=True, stun_server=(sys.argv[1], 3478), use_ipv6=False)
-    await conn.gather_candidates()
-    print(json.dumps([[c.type, c.host, c.port, c.related_address, c.related_port] for c in conn.local_candidates]))
-    await conn.close()
-
-asyncio.run(main())
-"""
 
 
 def registry_saw(stack: Stack, host: str, port: int) -> bool:
     """Whether the collector holds a registry STUN record whose peer is (host, port)."""
-    flows = stack.query("report")["flows"]
     return any(
-        f["flow"].startswith("stun-") and f["server"] and endpoint(tuple(f["server"]["peername"])) == (host, port)
-        for f in flows
+        flow.flow.startswith("stun-")
+        and flow.server
+        and flow.server.peername is not None
+        and endpoint(flow.server.peername) == (host, port)
+        for flow in stack.query().flows
     )
 
 
 def test_aioice_behind_nat_learns_router_wan_address(stack: Stack) -> None:
     registry = stack.ip("registry", "wan")
-    output = stack.exec("client-lan", "python3", "-c", AIOICE, registry)
+    output = stack.run_script("client-lan", "aioice_candidates.py", registry)
     entries = stack.conntrack("-p", "udp")
     candidates = json.loads(output.strip().splitlines()[-1])
     lan_ip, router_wan = stack.ip("client-lan", "lan"), stack.ip("router", "wan")

@@ -16,7 +16,7 @@ from shared.names import endpoint, name_from_wire
 from shared.record import Family, Proto
 from shared.registry_protocol import Registration, register
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, free_port
+from tests.conftest import LiveCollector
 
 pytestmark = pytest.mark.unit
 
@@ -49,13 +49,12 @@ def test_scenario_names_and_kinds_are_todays() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_every_scenario_is_direct_on_loopback_with_its_rows_proto_and_family(
-    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, scenario: Scenario
+    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, scenario: Scenario, closed_port: int
 ) -> None:
     assert echo_server.unix is not None
     path = echo_server.unix.getsockname()
     address = path if scenario.family == Family.UNIX else (LOOPBACK[scenario.family], echo_server.port)
-    bind_port = free_port()
-    outcome = scenario.run(reporter, Target(scenario, address, bind_port))
+    outcome = scenario.run(reporter, Target(scenario, address, closed_port))
     assert outcome.scenario == scenario.name
     check_direct(live_collector, outcome)
     flow = live_collector.wait_for_flow(outcome.flow)
@@ -65,7 +64,7 @@ def test_every_scenario_is_direct_on_loopback_with_its_rows_proto_and_family(
         return
     assert isinstance(outcome.local, tuple) and outcome.local[0] == LOOPBACK[scenario.family]
     assert outcome.remote[:2] == address
-    assert (outcome.local[1] == bind_port) == (scenario.kind == "tcp-bound")
+    assert (outcome.local[1] == closed_port) == (scenario.kind == "tcp-bound")
     if scenario.kind == "tcp-bound":
         assert flow.port_preserved is True
 
@@ -106,9 +105,9 @@ def test_the_whole_round_finds_echo_through_the_registry(
 
 
 def test_a_failing_scenario_is_returned_and_the_rest_still_run(
-    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector
+    echo_server: EchoServer, reporter: Reporter, live_collector: LiveCollector, closed_port: int
 ) -> None:
-    echo = {Family.IPV4: echo_at("127.0.0.1", {Proto.TCP: free_port(), Proto.UDP: echo_server.port})}
+    echo = {Family.IPV4: echo_at("127.0.0.1", {Proto.TCP: closed_port, Proto.UDP: echo_server.port})}
     results = run_scenarios(reporter, plan_targets(echo, None, ["tcp", "udp"], bind_port=0))
     assert isinstance(results[0], ConnectionRefusedError)
     assert isinstance(results[1], Outcome)

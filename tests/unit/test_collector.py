@@ -232,7 +232,7 @@ def test_a_stored_record_with_a_malformed_natcheck_is_skipped_on_replay(tmp_path
 def test_abstract_unix_names_reach_json_as_at_names(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
     abstract = pack_observation(
-        Observation("svc", "h", "u1", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote=b"\0socklab")
+        Observation("svc", "h", "u1", Role.CLIENT, Proto.UNIX, Family.UNIX, Method.GETPEERNAME, remote=b"\0socklab")
     )
     collector.ingest(abstract)
     server = serve_page(collector, "127.0.0.1", 0)
@@ -249,7 +249,7 @@ def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
     collector = Collector(Store(str(tmp_path / "r.bin")))
     script = "<script>x</script>"
     hostile = pack_observation(
-        Observation(script, "h", "f2", Role.CLIENT, Proto.UNIX, "unix", "getpeername", remote="<b>")
+        Observation(script, "h", "f2", Role.CLIENT, Proto.UNIX, Family.UNIX, Method.GETPEERNAME, remote="<b>")
     )
     for raw in [*GOOD, hostile]:
         collector.ingest(raw)

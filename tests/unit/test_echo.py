@@ -15,8 +15,9 @@ import pytest
 from services.echo import MAX_PENDING, EchoServer
 from shared.framing import MAX_FRAME, pack_frame, recv_frame
 from shared.names import name_from_wire
-from shared.record import Role
-from tests.conftest import LiveCollector, wait_until
+from shared.record import Method, Role
+from tests.conftest import LiveCollector
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -101,7 +102,7 @@ def test_a_slow_reader_gets_every_byte_back_even_after_it_half_closes(echo_serve
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        wait_until(
+        wait_for(
             lambda: echo_server.stats["errors"] or held_back(echo_server) >= MAX_PENDING,
             "echo to hold back a full buffer for the client that does not read",
         )
@@ -139,9 +140,9 @@ def test_datagram_reply_and_record_name_the_arrival_address(
     assert source[:2] == address, "the answer leaves from the address the request arrived at"
     records = live_collector.wait_for_records(lambda o: o.flow == flow, count=2, what=f"records of {flow}")
     by_method = {o.method: o for o in records}
-    recvmsg = by_method["recvmsg"]
+    recvmsg = by_method[Method.RECVMSG]
     assert (recvmsg.local, recvmsg.remote) == (arrived, peer), "the arrival address, not the wildcard '::'"
-    assert by_method["sendto"].remote == peer
+    assert by_method[Method.SENDTO].remote == peer
 
 
 def rejected_from(live_collector: LiveCollector, name: Any) -> list[Any]:
@@ -218,7 +219,7 @@ def test_a_connection_without_hello_reports_nothing(
 ) -> None:
     with socket.create_connection(("127.0.0.1", echo_server.port)) as health_check:
         silent_port = health_check.getsockname()[1]
-    wait_until(lambda: echo_server.stats["no_hello"] == 1, "echo to see the health check's EOF")
+    wait_for(lambda: echo_server.stats["no_hello"] == 1, "echo to see the health check's EOF")
     stream_round(socket.AF_INET, ("127.0.0.1", echo_server.port), "later", {"length": 0}, b"")
     live_collector.wait_for_records(lambda o: o.flow == "later", count=3, what="the later flow's records")
     records = live_collector.records()

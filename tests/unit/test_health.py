@@ -10,15 +10,15 @@ import pytest
 from services import __main__ as socklab
 from services import health
 from services.echo import EchoServer
-from tests.conftest import LiveCollector, free_port
+from tests.conftest import LiveCollector
 
 pytestmark = pytest.mark.unit
 
 
-def test_a_listening_port_is_healthy_and_a_closed_one_is_not(echo_server: EchoServer) -> None:
+def test_a_listening_port_is_healthy_and_a_closed_one_is_not(echo_server: EchoServer, closed_port: int) -> None:
     health.main(["--tcp", str(echo_server.port)])
     with pytest.raises(SystemExit, match=r"^unhealthy: .*refused"):
-        health.main(["--tcp", str(free_port())])
+        health.main(["--tcp", str(closed_port)])
 
 
 def test_the_collector_is_healthy_when_it_answers_a_ping(

@@ -19,10 +19,11 @@ from services.stun_server import check_addresses
 from shared import stun
 from shared.config import load_config
 from shared.nat import Behaviour
-from shared.record import Role
+from shared.record import Method, Role
 from shared.report_model import FlowVerdict, NatCheck, NatCheckResult, Report
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, Loops, MakeReporter, wait_until
+from tests.conftest import LiveCollector, Loops, MakeReporter
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -195,7 +196,7 @@ def test_change_request_without_alternate_is_a_420(plain_registry: RegistryServe
     response, source = exchange(udp, stun.binding_request(stun.CHANGE_PORT), (PRIMARY, plain_registry.stun_port))
     assert response.cls == stun.Class.ERROR and source[1] == plain_registry.stun_port
     assert response.attributes[stun.Attr.ERROR_CODE][0] == 420
-    wait_until(lambda: plain_registry.stun.stats["stun_errors"] == 1, "the error response counted")
+    wait_for(lambda: plain_registry.stun.stats["stun_errors"] == 1, "the error response counted")
 
 
 def test_ipv6_client_gets_its_name_and_no_alternate(rfc5780_registry: RegistryServer) -> None:
@@ -217,11 +218,12 @@ def test_every_transaction_is_reported_under_its_flow(
     name = names(rfc5780_registry)
     _, source = exchange(udp, stun.binding_request(stun.CHANGE_IP, TID), name["A1:P1"])
     flow = stun.flow_id(TID)
-    records = wait_until(lambda: len(live_collector.records(flow)) >= 2 and live_collector.records(flow), flow)
+    records = wait_for(lambda: len(live_collector.records(flow)) >= 2 and live_collector.records(flow), flow)
     by_method = {r.method: r for r in records}
     assert {r.role for r in records} == {Role.SERVER} and set(by_method) == {"recvfrom", "sendto"}
-    assert by_method["recvfrom"].remote == by_method["sendto"].remote == udp.getsockname()
-    assert by_method["recvfrom"].local == name["A1:P1"] and by_method["sendto"].local == source == name["A2:P1"]
+    assert by_method[Method.RECVFROM].remote == by_method[Method.SENDTO].remote == udp.getsockname()
+    assert by_method[Method.RECVFROM].local == name["A1:P1"]
+    assert by_method[Method.SENDTO].local == source == name["A2:P1"]
 
 
 def test_malformed_packets_are_counted_reported_and_the_server_keeps_answering(
@@ -231,8 +233,8 @@ def test_malformed_packets_are_counted_reported_and_the_server_keeps_answering(
     response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
     for packet in (b"\x00\x01", b"\xff" * 20, stun.pack_message(response)):
         udp.sendto(packet, primary)
-    wait_until(lambda: rfc5780_registry.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
-    rejected = wait_until(
+    wait_for(lambda: rfc5780_registry.stun.stats["stun_rejected"] == 3, "three rejected STUN packets")
+    rejected = wait_for(
         lambda: [r for r in live_collector.records() if "rejected" in r.extra and r.remote == udp.getsockname()],
         "the rejections in the collector",
     )
@@ -266,7 +268,7 @@ def test_natcheck_on_loopback_finds_no_nat(
         answered = {r.flow for r in records if r.service == "registry" and r.method == "sendto"}
         return any("natcheck" in r.extra for r in records) and len(asked) == 2 and asked == answered
 
-    wait_until(all_records_in, "every record of mapping-1, filtering-2 and the hairpin")
+    wait_for(all_records_in, "every record of mapping-1, filtering-2 and the hairpin")
     report = live_collector.collector.report()
     flows = [f for f in report.flows if f.flow.startswith("stun-")]
     assert len(flows) == 3 and {f.verdict for f in flows} == {FlowVerdict.DIRECT}, flows
@@ -306,7 +308,7 @@ def test_natcheck_json_has_every_field_and_reaches_the_collector(
     for test in result["tests"]:
         assert {"name", "destination", "mapped", "response_origin"} <= set(test)
         assert len(test["destination"]) == 2 and len(test["mapped"]) == 2 and len(test["response_origin"]) == 2
-    checks = wait_until(lambda: live_collector.collector.report().natchecks, "the natcheck summary")
+    checks = wait_for(lambda: live_collector.collector.report().natchecks, "the natcheck summary")
     assert checks[-1].service == "natcheck-cli" and checks[-1].result.to_wire() == result
     assert NatCheckResult.from_wire(result) == checks[-1].result
     [summary] = [r for r in live_collector.records() if "natcheck" in r.extra]

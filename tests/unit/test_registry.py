@@ -13,7 +13,8 @@ from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
 from shared.registry_protocol import request
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, wait_until
+from tests.conftest import LiveCollector
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -165,7 +166,7 @@ def test_malformed_stun_is_counted_reported_and_the_server_keeps_answering(
     ]
     for packet in packets:
         udp.sendto(packet, destination)
-    wait_until(lambda: registry_server.stun.stats["stun_rejected"] == len(packets), "bad packets counted")
+    wait_for(lambda: registry_server.stun.stats["stun_rejected"] == len(packets), "bad packets counted")
     records = live_collector.wait_for_records(lambda o: "rejected" in o.extra, len(packets), "rejections")
     assert {o.method for o in records} == {"recvfrom"}
     assert {endpoint(o.remote) for o in records if o.remote} == {udp.getsockname()[:2]}

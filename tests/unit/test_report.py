@@ -13,7 +13,7 @@ from services.report import describe_verdict, format_table, main
 from shared.collector_protocol import query_collector
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation
 from shared.report_model import Flow, FlowVerdict, Report
-from tests.conftest import LiveCollector, free_port
+from tests.conftest import LiveCollector
 
 pytestmark = pytest.mark.unit
 
@@ -72,13 +72,9 @@ def test_describe_verdict(verdict: str, preserved: bool | None, text: str) -> No
     assert describe_verdict(flow) == text
 
 
-def test_query_collector_times_out_when_nobody_answers() -> None:
-    context = zmq.Context()
-    try:
-        with pytest.raises(TimeoutError, match=r"did not answer in 0\.2 s"):
-            query_collector(context, f"tcp://127.0.0.1:{free_port()}", {"op": "ping"}, timeout=0.2)
-    finally:
-        context.term()
+def test_query_collector_times_out_when_nobody_answers(zmq_context: zmq.Context, closed_port: int) -> None:
+    with pytest.raises(TimeoutError, match=r"did not answer in 0\.2 s"):
+        query_collector(zmq_context, f"tcp://127.0.0.1:{closed_port}", {"op": "ping"}, timeout=0.2)
 
 
 def test_report_command_prints_the_collectors_report_as_json_and_as_a_table(

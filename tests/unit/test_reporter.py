@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import zmq
 
 from shared.record import Proto, Role, unpack_observation
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector, ZmqSocket, free_port
+from tests.conftest import LiveCollector, ZmqSocket
 
 pytestmark = pytest.mark.unit
 
@@ -18,10 +19,9 @@ def test_records_arrive_with_the_sockets_own_proto_and_family(
     zmq_context: zmq.Context,
     zmq_socket: ZmqSocket,
 ) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
     pull = zmq_socket(zmq.PULL)
-    pull.bind(endpoint)
-    reporter = Reporter(zmq_context, endpoint, "unit")
+    pull.bind("tcp://127.0.0.1:*")
+    reporter = Reporter(zmq_context, pull.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -47,9 +47,9 @@ def test_records_arrive_with_the_sockets_own_proto_and_family(
 
 
 def test_full_queue_drops_and_the_count_travels_in_later_records(
-    zmq_context: zmq.Context, zmq_socket: ZmqSocket
+    zmq_context: zmq.Context, zmq_socket: ZmqSocket, tmp_path: Path
 ) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/collector"  # nobody binds it until the test does: no port to race for
     reporter = Reporter(zmq_context, endpoint, "unit", hwm=5)
     with socket.socket() as sock:
         results = [reporter.observe(sock, "connect", "f", Role.CLIENT) for _ in range(200)]
