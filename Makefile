@@ -9,8 +9,9 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 
 .PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published
 
-up: image compose ## build the image, start the stack, wait until healthy, print the report
-	@start=$$(date +%s%N); $(COMPOSE) up --detach --wait --no-build; \
+up: image compose ## build the image, start the stack, wait until every service is ready, print the report
+	@services=$$($(COMPOSE) config --services) && start=$$(date +%s%N) && \
+	  $(COMPOSE) up --detach --no-build && $(COMPOSE) exec -T collector socklab health $$services && \
 	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
 	@$(MAKE) --no-print-directory report page
 
@@ -21,14 +22,14 @@ report: compose ## the joined flows as a table
 	@$(COMPOSE) exec -T collector socklab report
 
 page: compose ## where the live page is
-	@echo "live page: http://$$($(COMPOSE) port collector 8080)/"
+	@address=$$($(COMPOSE) port collector 8080) && echo "live page: http://$$address/"
 
 json: compose ## the joined flows as JSON
 	@$(COMPOSE) exec -T collector socklab report --json
 
 published: venv ## the host talks to echo's published ports: what does echo see? (moby#15086)
-	@export SOCKLAB_SERVICE=host SOCKLAB_COLLECTOR=tcp://$$($(COMPOSE) port collector 5555); \
-	  ports=$$(docker port $$($(COMPOSE) ps -q echo)); \
+	@collector=$$($(COMPOSE) port collector 5555) && ports=$$(docker port $$($(COMPOSE) ps -q echo)) || exit 1; \
+	  export SOCKLAB_SERVICE=host SOCKLAB_COLLECTOR=tcp://$$collector; \
 	  for proto in tcp udp; do \
 	    for echo in $$(echo "$$ports" | sed -n "s|^7007/$$proto -> ||p"); do \
 	      $(VENV)/bin/python -m services client --scenario $$proto --echo $$echo || exit 1; \

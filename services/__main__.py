@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import signal
@@ -27,17 +28,19 @@ def stop(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> None:
-    """Dispatch to a subcommand's main()."""
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: socklab {{{','.join(COMMANDS)}}} [options]")
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to a subcommand's main(); no command or an unknown one prints the usage and exits 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="socklab", description=__doc__, epilog="socklab COMMAND --help: its options")
+    parser.add_argument("command", choices=COMMANDS, help="the service or tool to run")
+    command = parser.parse_args(argv[:1]).command
     try:
-        cfg = load_config(sys.argv[1])
+        cfg = load_config(command)
     except ValueError as exc:
         sys.exit(f"socklab: {exc}")
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, stop)
-    importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:])
+    importlib.import_module(COMMANDS[command]).main(argv[1:])
 
 
 if __name__ == "__main__":

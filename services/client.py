@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from services.health import mark_ready, wait_ready
 from shared.config import load_config
 from shared.echo_protocol import (
     MAX_DATAGRAM,
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--echo", help="echo's host:port, instead of asking the registry")
     parser.add_argument("--bind-port", type=int, default=cfg.bind_port, help="source port for tcp-bound")
     parser.add_argument("--serve", action="store_true", help="after the first round, stay up for exec")
-    parser.add_argument("--ready-file", default="/tmp/socklab-client-ready")
+    parser.add_argument("--after", action="append", default=[], metavar="SERVICE", help="wait until it is ready")
     parser.add_argument("--register", action="store_true", help="register this client with the registry")
     parser.add_argument("--json", action="store_true", help="print each flow as a JSON line")
     args = parser.parse_args(argv)
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     reporter = Reporter(context, cfg.collector, cfg.service)
     failures = 0
     try:
+        wait_ready(args.after, timeout=60)
         if args.register:
             register(cfg.registries[0], cfg.service, {}, reporter)
         if args.echo:
@@ -260,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             results = run_scenarios(reporter, targets, args.json)
             failures += sum(isinstance(r, Exception) for r in results)
         if args.serve:
-            with open(args.ready_file, "w") as f:
-                f.write(f"{len(targets)} targets, {failures} failures\n")
+            mark_ready(cfg.service, f"first round done: {len(targets)} targets, {failures} failures")
             threading.Event().wait()
     finally:
         reporter.close()

@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from services.flows import join_flows
+from services.health import mark_ready
 from services.report import render_page
 from shared.collector_protocol import QueryOp, pack_reply, unpack_query
 from shared.config import load_config
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("collector ingesting on %d, answering on %d, page on %d", cfg.ingest_port, cfg.query_port, cfg.http_port)
     try:
         sockets = bind(context, f"tcp://*:{cfg.ingest_port}", f"tcp://*:{cfg.query_port}")
+        mark_ready(cfg.service, "ingest and query sockets bound")
         serve(collector, *sockets, threading.Event())
     finally:
         store.close()

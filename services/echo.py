@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from services.health import mark_ready
 from shared.config import load_config
 from shared.echo_protocol import (
     MAX_DATAGRAM,
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         register(address, cfg.service, ports, reporter)
     server.listen()
     log.info("echo serving on port %d and %s", server.port, args.unix or "no Unix socket")
+    mark_ready(cfg.service, f"registered, listening on port {server.port}")
     try:
         server.serve(threading.Event())
     finally:

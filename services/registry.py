@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from services.health import mark_ready
 from services.stun_server import StunResponder
 from shared.config import load_config
 from shared.framing import pack_frame
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         reporter, args.port, args.stun_port, stun_addresses=cfg.stun_addresses, stun_alt_port=cfg.stun_alt_port
     )
     log.info("registry serving on tcp %d, stun udp %d", server.port, server.stun_port)
+    mark_ready(cfg.service, f"listening on tcp {server.port}, stun udp {server.stun_port}")
     try:
         server.serve(threading.Event())
     finally:

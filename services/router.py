@@ -16,6 +16,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
+from services.health import mark_ready
 from shared.config import (
     argument_type,
     load_config,
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 # symmetric: a random port for every new destination address and port (address-and-port-dependent).
 MASQUERADE_OPTIONS = {NatMode.CONE: [], NatMode.SYMMETRIC: ["--random-fully"]}
 CHAINS = {"SOCKLAB_PRE": "PREROUTING", "SOCKLAB_POST": "POSTROUTING"}
-READY_FILE = "/run/socklab-router-ready"
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,7 @@ def apply(nat: RouterSetup, first_time: bool) -> None:
     run(nat_rules(nat))
     if not first_time:
         subprocess.run(["conntrack", "-F"], check=True, capture_output=True)
-    with open(READY_FILE, "w") as f:
-        json.dump({"mode": nat.mode, "filtering": nat.filtering, "hairpin": nat.hairpin}, f)
+    mark_ready("router", json.dumps({"mode": nat.mode, "filtering": nat.filtering, "hairpin": nat.hairpin}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,16 +90,17 @@ class Stack:
             context=str(ROOT),
             compose_file_name="docker-compose.yml",
             docker_command_path=str(ROOT / "docker" / "compose"),
-            wait=True,
+            wait=False,
         )
         self.context = zmq.Context()
 
     def start(self) -> Stack:
-        """Bring the stack up and wait until every service is healthy."""
+        """Bring the stack up and wait until every service is ready, as `make up` does."""
         os.environ["COMPOSE_PROJECT_NAME"] = PROJECT
         self.refuse_overlap()
         self.remove_leftovers()
         self.compose.start()
+        self.exec("collector", "socklab", "health", *self.compose.get_config()["services"])
         return self
 
     def remove_leftovers(self) -> None:

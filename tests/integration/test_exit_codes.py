@@ -1,0 +1,49 @@
+"""Make targets exit with their command's status, so a script or CI sees a failure as one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.integration.stack import ROOT, Stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def make(*targets: str) -> subprocess.CompletedProcess[str]:
+    """Run make targets against the stack under test (COMPOSE_PROJECT_NAME names it)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *targets], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_make_json_prints_the_collectors_report_and_succeeds(stack: Stack) -> None:
+    done = make("json")
+    assert done.returncode == 0, done.stderr
+    flows = {flow["flow"] for flow in json.loads(done.stdout)["flows"]}
+    assert flows == {flow["flow"] for flow in stack.query("report")["flows"]}
+
+
+def test_a_command_that_fails_in_its_container_fails_its_make_target(stack: Stack) -> None:
+    registry = stack.container("registry")
+    registry.pause()
+    try:
+        done = make("natcheck")
+    finally:
+        registry.unpause()
+    assert done.returncode == 2, f"make natcheck with no STUN server exited {done.returncode}: {done.stdout}"
+    assert "natcheck: no STUN Binding answer" in done.stderr
+
+
+def test_a_target_whose_service_is_stopped_fails(stack: Stack) -> None:
+    collector = stack.container("collector")
+    collector.stop(timeout=5)
+    try:
+        done = make("report")
+    finally:
+        collector.start()
+    assert done.returncode == 2, f"make report with the collector stopped exited {done.returncode}: {done.stdout}"
+    assert 'service "collector" is not running' in done.stderr
+    wait_for(lambda: stack.try_query("report"), "the collector to answer after its start", 30)
