@@ -10,8 +10,8 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 .PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published
 
 up: image compose ## build the image, start the stack, wait until every service is ready, print the report
-	@services=$$($(COMPOSE) config --services) && start=$$(date +%s%N) && \
-	  $(COMPOSE) up --detach --no-build && $(COMPOSE) exec -T collector socklab health $$services && \
+	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
+	  $(COMPOSE) exec -T collector socklab health $$($(COMPOSE) config --services) && \
 	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
 	@$(MAKE) --no-print-directory report page
 
