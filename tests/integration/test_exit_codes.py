@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.stack import ROOT, Stack, wait_for
+from tests.helpers import wait_for
+from tests.integration.stack import ROOT, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def test_make_json_prints_the_collectors_report_and_succeeds(stack: Stack) -> No
     done = make("json")
     assert done.returncode == 0, done.stderr
     flows = {flow["flow"] for flow in json.loads(done.stdout)["flows"]}
-    assert flows == {flow["flow"] for flow in stack.query("report")["flows"]}
+    assert flows == {flow.flow for flow in stack.query().flows}
 
 
 def test_a_command_that_fails_in_its_container_fails_its_make_target(stack: Stack) -> None:
@@ -46,4 +47,4 @@ def test_a_target_whose_service_is_stopped_fails(stack: Stack) -> None:
         collector.start()
     assert done.returncode == 2, f"make report with the collector stopped exited {done.returncode}: {done.stdout}"
     assert 'service "collector" is not running' in done.stderr
-    wait_for(lambda: stack.try_query("report"), "the collector to answer after its start", 30)
+    wait_for(stack.try_query, "the collector to answer after its start", 30)
