@@ -50,7 +50,7 @@ def test_behind_the_nat_echo_sees_your_container_as_the_routers_wan_address(
     assert flow.client is not None and flow.server is not None
     assert flow.client.sockname[0] == your_lan_ip, "your container names itself by its LAN address"
     assert unmap_host(flow.server.peername[0]) == router_wan_ip, "echo sees the router's WAN address"
-    assert flow.server.peername[1] == flow.client.sockname[1] or not flow.port_preserved
+    assert flow.port_preserved == (flow.server.peername[1] == flow.client.sockname[1])
 
     nat = socklab_stack.natcheck(your_container)
     assert nat.local_address[0] == your_lan_ip

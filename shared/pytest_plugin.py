@@ -42,8 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--socklab-compose-file",
         metavar="PATH",
-        default=os.environ.get("SOCKLAB_COMPOSE_FILE") or None,
-        help="socklab's docker-compose.yml (env SOCKLAB_COMPOSE_FILE; default: the one beside the package)",
+        default=None,
+        help="socklab's docker-compose.yml (default: the one in the checkout the package is installed from)",
     )
 
 
