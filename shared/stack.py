@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import time
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
@@ -21,7 +19,9 @@ from docker.client import DockerClient
 from docker.models.containers import Container
 
 from shared.collector_protocol import QueryOp, query_collector
+from shared.conntrack import ConntrackEntry, parse_conntrack
 from shared.names import format_name
+from shared.polling import wait_for
 from shared.report_model import Flow, NatCheckResult, Report
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,6 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll until check() returns something truthy; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-    return result
-
-
 class Stack:
     """A socklab compose project on this host: started here or attached to, and questioned through Docker."""
 
@@ -123,27 +113,33 @@ class Stack:
         try:
             if plan == Plan.START:
                 stack.start()
-            stack.query(QueryOp.PING)
+            stack.wait_ready()
+            stack.ask(QueryOp.PING)
         except BaseException:
             stack.stop()
             raise
         log.info("socklab stack %s: %s", chosen, plan)
         return stack
 
-    def compose(self, *args: str) -> None:
-        """Run Docker Compose on the stack's file and project; fail with what it said."""
+    def compose(self, *args: str) -> str:
+        """Run Docker Compose on the stack's file and project and return its output; fail with what it said."""
         command = [*compose_command(self.compose_file), "--project-name", self.project]
         command += ["--file", str(self.compose_file), *args]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
     def start(self) -> Stack:
-        """Bring the stack up from its compose file and wait until every service is healthy."""
+        """Bring the stack up from its compose file (readiness is wait_ready's, as in `make up`)."""
         self.started = True
         self.remove_leftovers()
-        self.compose("up", "--detach", "--wait", "--no-build")
+        self.compose("up", "--detach", "--no-build")
         return self
+
+    def wait_ready(self) -> None:
+        """Wait until every service has said it is ready (services/health.py), as `make up` does."""
+        self.exec("collector", "socklab", "health", *self.compose("config", "--services").split())
 
     def remove_leftovers(self) -> None:
         """Take away what a killed earlier run could not: its probes and, if this session starts it, the project."""
@@ -192,27 +188,34 @@ class Stack:
         bindings = container.attrs["NetworkSettings"]["Ports"][port]
         return int(next(b["HostPort"] for b in bindings if b["HostIp"] == host_ip))
 
-    def query(self, op: QueryOp, **fields: Any) -> dict[str, Any]:
-        """Ask the collector over its published REP port."""
+    def ask(self, op: QueryOp, **fields: Any) -> dict[str, Any]:
+        """Ask the collector over its published REP port (shared.collector_protocol)."""
         endpoint = f"tcp://127.0.0.1:{self.published_port('collector', '5556/tcp')}"
         return query_collector(self.context, endpoint, {"op": str(op), **fields})
 
     def report(self) -> Report:
         """The collector's report: every joined flow and NAT check, typed."""
-        return Report.from_wire(self.query(QueryOp.REPORT))
+        return Report.from_wire(self.ask(QueryOp.REPORT))
+
+    def try_report(self) -> Report | None:
+        """The collector's report, or None while it does not answer (restarting)."""
+        try:
+            return self.report()
+        except (TimeoutError, KeyError, IndexError, TypeError):
+            return None
 
     def ingest_endpoint(self) -> str:
         """Where a reporter on this host pushes records: the collector's published PULL port."""
         return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
 
-    def wait_for_flow(self, flow_id: str, timeout: float = 10.0) -> Flow:
-        """Poll the collector until a flow is joined: both ends and the client's closing record."""
+    def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> Flow:
+        """Poll the collector until it holds a flow, complete unless `both_ends` is False."""
+        return wait_for(lambda: self.find_flow(flow_id, both_ends), f"flow {flow_id} in the collector", timeout, 0.1)
 
-        def joined() -> Flow | None:
-            flow = self.report().flow(flow_id)
-            return flow if flow is not None and flow.complete else None
-
-        return wait_for(joined, f"flow {flow_id} joined in the collector", timeout)
+    def find_flow(self, flow_id: str, both_ends: bool = True) -> Flow | None:
+        """The collector's flow with this id, if it has it (and it is complete, unless `both_ends` is False)."""
+        flow = self.report().flow(flow_id)
+        return flow if flow is not None and (flow.complete or not both_ends) else None
 
     def exec(self, who: Who, *command: str, user: str = "socklab") -> str:
         """Run a command in a container; fail with its output if it fails."""
@@ -224,6 +227,10 @@ class Stack:
     def run_client(self, service: str, *args: str) -> list[dict[str, Any]]:
         """Run `socklab client --json` in a client container; one dict per flow it ran."""
         return parse_json_lines(self.exec(service, "socklab", "client", "--json", *args))
+
+    def conntrack(self, *args: str) -> list[ConntrackEntry]:
+        """The router's conntrack table (`conntrack -L args`): the kernel's own record of every translation."""
+        return parse_conntrack(self.exec("router", "conntrack", "-L", *args, user="root"))
 
     def reporting_env(self, service: str) -> dict[str, str]:
         """The environment a socklab process needs to report as `service` to this stack (read from client-wan)."""

@@ -23,7 +23,7 @@ from shared.reporter import Reporter
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
-    from tests.integration.stack import Stack
+    from shared.stack import Stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -200,12 +200,6 @@ def registry_server(make_reporter: MakeReporter, loops: Loops) -> Iterator[Regis
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    """The whole compose stack, up once per session and always taken down."""
-    from tests.integration.stack import Stack
-
-    running = Stack()
-    try:
-        yield running.start()
-    finally:
-        running.stop()
+def stack(socklab_stack: Stack) -> Stack:
+    """The pytest plugin's session stack (shared.pytest_plugin): the integration suite and examples/ share it."""
+    return socklab_stack

@@ -10,17 +10,18 @@ import pytest
 
 from shared.names import format_name
 from shared.report_model import FlowVerdict, Report
+from shared.stack import Stack
 from tests.helpers import wait_for
-from tests.integration.stack import Stack
+from tests.integration.stack import run_script
 
 pytestmark = pytest.mark.integration
 
 
 def test_garbage_is_counted_and_nothing_is_lost(stack: Stack) -> None:
-    before = stack.query()
+    before = stack.report()
     since = int(time.time()) - 1
     echo, registry = stack.ip("echo", "wan"), stack.ip("registry", "wan")
-    output = stack.run_script("client-wan", "garbage.py", echo, registry)
+    output = run_script(stack, "client-wan", "garbage.py", echo, registry)
     stats = json.loads(output.strip().splitlines()[-1])
     before_stats, after_stats = stats["before"], stats["after"]
     grew = {k: after_stats.get(k, 0) - before_stats.get(k, 0) for k in ("rejected", "bad_requests", "stun_rejected")}
@@ -31,7 +32,7 @@ def test_garbage_is_counted_and_nothing_is_lost(stack: Stack) -> None:
 
     after = wait_for(
         lambda: (
-            (r := stack.query()).rejected >= before.rejected + 2 and echo_rejects(r) >= echo_rejects(before) + 5 and r
+            (r := stack.report()).rejected >= before.rejected + 2 and echo_rejects(r) >= echo_rejects(before) + 5 and r
         ),
         "the collector to count two bad records and hold echo's five rejections",
     )
@@ -43,14 +44,14 @@ def test_garbage_is_counted_and_nothing_is_lost(stack: Stack) -> None:
     outcomes = stack.run_client("client-wan", "--scenario", "tcp", "--scenario", "udp", "--scenario", "unix")
     for outcome in outcomes:
         assert stack.wait_for_flow(outcome["flow"]).verdict == FlowVerdict.DIRECT, "every service still serves"
-    kept = {f.flow for f in stack.query().flows}
+    kept = {f.flow for f in stack.report().flows}
     assert {f.flow for f in before.flows} <= kept, "no stored flow was lost"
 
 
 def test_collector_restart_loses_nothing_stored(stack: Stack) -> None:
-    before = stack.query()
+    before = stack.report()
     stack.container("collector").restart(timeout=5)
-    after = wait_for(stack.try_query, "the collector to answer after its restart", 30)
+    after = wait_for(stack.try_report, "the collector to answer after its restart", 30)
     assert after.records >= before.records
     assert {f.flow for f in before.flows} <= {f.flow for f in after.flows}
     assert after.natchecks[: len(before.natchecks)] == before.natchecks, "NAT checks are replayed too"

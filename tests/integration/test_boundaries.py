@@ -10,10 +10,12 @@ import pytest
 import zmq
 
 from services.client import SCENARIOS, Target
+from shared.conntrack import ConntrackEntry, parse_conntrack
 from shared.report_model import FlowVerdict
 from shared.reporter import Reporter
+from shared.stack import Stack, parse_json_lines
 from tests.helpers import ends, host_port
-from tests.integration.stack import ConntrackEntry, Stack, parse_conntrack, parse_json_lines, same_host
+from tests.integration.stack import lan_probe, release, same_host
 
 pytestmark = pytest.mark.integration
 
@@ -90,9 +92,9 @@ def test_clients_behind_nat_on_one_source_port_are_remapped(stack: Stack) -> Non
     echo = f"{stack.ip('echo', 'wan')}:7007"
     command = f"socklab client --json --scenario tcp-bound --bind-port {port} --echo {echo}"
     with contextlib.ExitStack() as probes:
-        started = [probes.enter_context(stack.lan_probe(command, f"lan-probe-{i}")) for i in range(count)]
+        started = [probes.enter_context(lan_probe(stack, command, f"lan-probe-{i}")) for i in range(count)]
         for probe in started:
-            stack.release(probe)
+            release(probe)
         for probe in started:
             assert probe.get_wrapped_container().wait(timeout=30)["StatusCode"] == 0
         outcomes = [parse_json_lines(p.get_wrapped_container().logs().decode())[0] for p in started]

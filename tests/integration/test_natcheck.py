@@ -9,8 +9,9 @@ import pytest
 
 from shared.nat import Behaviour
 from shared.report_model import NatCheckResult
+from shared.stack import Stack
 from tests.helpers import wait_for
-from tests.integration.stack import Stack, only, same_host
+from tests.integration.stack import only, same_host
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,6 @@ def test_natcheck_classifies_router_and_matches_conntrack(stack: Stack, router_b
         )
         assert (entry.reply_dst, entry.reply_dport) == test.mapped, f"{test.name}: conntrack disagrees"
     wait_for(
-        lambda: any(check.result == result for check in stack.query().natchecks),
+        lambda: any(check.result == result for check in stack.report().natchecks),
         "the collector to hold the same natcheck result",
     )

@@ -7,8 +7,9 @@ import pytest
 from shared.names import name_from_wire
 from shared.record import Family, Proto
 from shared.report_model import FlowVerdict
+from shared.stack import Stack
 from tests.helpers import ends, host_port
-from tests.integration.stack import Stack, only, same_host
+from tests.integration.stack import only, same_host
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from shared.names import endpoint
+from shared.stack import Stack
 from tests.helpers import wait_for
-from tests.integration.stack import Stack, same_host
+from tests.integration.stack import run_script, same_host
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +22,13 @@ def registry_saw(stack: Stack, host: str, port: int) -> bool:
         and flow.server
         and flow.server.peername is not None
         and endpoint(flow.server.peername) == (host, port)
-        for flow in stack.query().flows
+        for flow in stack.report().flows
     )
 
 
 def test_aioice_behind_nat_learns_router_wan_address(stack: Stack) -> None:
     registry = stack.ip("registry", "wan")
-    output = stack.run_script("client-lan", "aioice_candidates.py", registry)
+    output = run_script(stack, "client-lan", "aioice_candidates.py", registry)
     entries = stack.conntrack("-p", "udp")
     candidates = json.loads(output.strip().splitlines()[-1])
     lan_ip, router_wan = stack.ip("client-lan", "lan"), stack.ip("router", "wan")
