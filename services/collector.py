@@ -2,7 +2,9 @@
 
 Sockets (the stable side binds):
   PULL on SOCKLAB_INGEST_PORT: msgpack records (shared.record); a bad one is counted, logged, kept out.
-  REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "records"}.
+  REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "records" | "flow"}.
+Records of other kinds (the router's conntrack events, the Docker host's bindings) are stored the same
+way and are the evidence each flow's path is traced from (services.paths).
 Every accepted record is appended to an append-only store before it is indexed, so a restart
 replays the store and loses nothing stored.
 """
@@ -16,7 +18,7 @@ import os
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,13 +26,14 @@ import zmq
 
 from services.flows import join_flows
 from services.health import mark_ready
+from services.paths import Evidence
 from services.report import render_page
 from shared.collector_protocol import QueryOp, pack_reply, unpack_query
 from shared.config import load_config
-from shared.fields import optional
+from shared.fields import optional, typed
 from shared.names import json_name
-from shared.record import Observation, unpack_observation
-from shared.report_model import NatCheck, NatCheckResult, Report
+from shared.record import ConntrackEvent, DockerBinding, Observation, Record, unpack_record
+from shared.report_model import Flow, NatCheck, NatCheckResult, Report
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +76,31 @@ class Store:
         self._file.close()
 
 
-def read_record(raw: bytes) -> tuple[Observation, NatCheck | None]:
+def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
     """Decode a record and check the extras the report reads, so no stored record can break a report."""
-    obs = unpack_observation(raw)
-    optional(obs.extra, "scenario", str, "record extra")
-    if "natcheck" not in obs.extra:
-        return obs, None
+    record = unpack_record(raw)
+    if not isinstance(record, Observation):
+        return record, None
+    optional(record.extra, "scenario", str, "record extra")
+    if "natcheck" not in record.extra:
+        return record, None
     try:
-        result = NatCheckResult.from_wire(obs.extra["natcheck"])
+        result = NatCheckResult.from_wire(record.extra["natcheck"])
     except ValueError as exc:
         raise ValueError(f"record extra natcheck: {exc}") from None
-    return obs, NatCheck(obs.service, obs.host, obs.time, result)
+    return record, NatCheck(record.service, record.host, record.time, result)
+
+
+def find_flow(flows: Iterable[Flow], wanted: str) -> Flow:
+    """The flow with this id, or the only one it is a prefix of; ValueError saying why not."""
+    flows = list(flows)
+    exact = [flow for flow in flows if flow.flow == wanted]
+    found = exact or ([flow for flow in flows if flow.flow.startswith(wanted)] if wanted else [])
+    if not found:
+        raise ValueError(f"no flow {wanted!r}")
+    if len(found) > 1:
+        raise ValueError(f"flow {wanted!r} is ambiguous: {', '.join(flow.flow for flow in found[:5])}")
+    return found[0]
 
 
 class Collector:
@@ -92,6 +109,8 @@ class Collector:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.observations: list[Observation] = []
+        self.conntrack: list[ConntrackEvent] = []
+        self.bindings: list[DockerBinding] = []
         self.natchecks: list[NatCheck] = []
         self.rejected = 0
         self.bad_queries = 0
@@ -100,25 +119,40 @@ class Collector:
                 self.keep(*read_record(raw))
             except ValueError as exc:
                 log.warning("stored record skipped: %s", exc)
-        log.info("replayed %d records from %s", len(self.observations), store.path)
+        log.info(
+            "replayed %d records, %d conntrack events, %d bindings from %s",
+            len(self.observations),
+            len(self.conntrack),
+            len(self.bindings),
+            store.path,
+        )
 
     def ingest(self, raw: bytes) -> bool:
         """Check, store and index one record; False when it was rejected."""
         try:
-            obs, natcheck = read_record(raw)
+            record, natcheck = read_record(raw)
         except ValueError as exc:
             self.rejected += 1
             log.warning("rejected record #%d: %s", self.rejected, exc)
             return False
         self.store.append(raw)
-        self.keep(obs, natcheck)
+        self.keep(record, natcheck)
         return True
 
-    def keep(self, obs: Observation, natcheck: NatCheck | None) -> None:
-        """Index one checked record, and the NAT check it carries."""
-        self.observations.append(obs)
+    def keep(self, record: Record, natcheck: NatCheck | None) -> None:
+        """Index one checked record by its kind, and the NAT check it carries."""
+        if isinstance(record, ConntrackEvent):
+            self.conntrack.append(record)
+        elif isinstance(record, DockerBinding):
+            self.bindings.append(record)
+        else:
+            self.observations.append(record)
         if natcheck is not None:
             self.natchecks.append(natcheck)
+
+    def flows(self) -> list[Flow]:
+        """Every flow joined, judged and traced through the evidence held."""
+        return join_flows(self.observations, Evidence(self.conntrack, self.bindings))
 
     def report(self) -> Report:
         """Everything a reader needs: joined flows, per-method counts, rejects, drops and NAT checks."""
@@ -129,7 +163,7 @@ class Collector:
             if "rejected" in obs.extra:
                 rejects[obs.service] += 1
         return Report(
-            flows=tuple(join_flows(self.observations)),
+            flows=tuple(self.flows()),
             methods=dict(Counter(str(obs.method) for obs in self.observations)),
             records=len(self.observations),
             rejected=self.rejected,
@@ -146,6 +180,9 @@ class Collector:
                 return {"ok": True, "records": len(self.observations)}
             if op == QueryOp.REPORT:
                 return {"ok": True, **self.report().to_wire()}
+            if op == QueryOp.FLOW:
+                wanted = typed(query, "flow", str, "flow query")
+                return {"ok": True, "flow": find_flow(self.flows(), wanted).to_wire()}
             flow = query.get("flow")
             records = [o for o in self.observations if flow is None or o.flow == flow]
             return {"ok": True, "records": [o.to_wire() for o in records]}

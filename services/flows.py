@@ -1,15 +1,20 @@
 """Join the two ends of each flow and say what happened between them.
 
-Each end's names come from its own records: its own name (`sockname`) from recvmsg's arrival
-address, getsockname or bind, preferring a concrete host to a wildcard; the other end's name
-(`peername`) from getpeername, else from what accept, recvmsg or recvfrom returned, else from
-what connect or sendto was given.
+Each end's names come from its own records and name the request's path: its own name (`sockname`)
+from the address a request arrived at (recvmsg, recvfrom), getsockname or bind, preferring a concrete
+host to a wildcard; never from the socket an answer was sent from (a STUN server answers a
+CHANGE-REQUEST from another address). The other end's name (`peername`): from getpeername, else, for
+a client, what recvfrom returned if it names where the client sent, else where it sent (connect,
+sendto); for a server, who the request came from (accept, recvmsg, recvfrom). A datagram answer is
+a separate fact (`answer`: where it came from, whether it arrived), and `path` names who rewrote
+what on the way (services.paths, from the router's conntrack events and the Docker host's bindings).
 
 Verdicts, comparing names folded by shared.names.endpoint (IPv4-mapped hosts unmapped):
 - direct:    client's sockname == server's peername and client's peername == server's sockname
 - snat:      only the source changed on the way (port_preserved says whether the port survived)
 - dnat:      only the destination changed
 - proxied:   both changed: the server's peer is another connection, as through a user-space proxy
+- hairpin:   both changed by one NAT that turned the flow back where it came from (the path says so)
 - unmatched: only one end reported
 """
 
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.names import Name, endpoint
+from services.paths import Evidence
+from shared.names import Endpoint, Name, endpoint
 from shared.record import Method, Observation, Role
-from shared.report_model import Flow, FlowEnd, FlowVerdict
+from shared.report_model import Answer, Flow, FlowEnd, FlowVerdict, HopKind
 
-LOCAL_PRIORITY = {Method.RECVMSG: 3, Method.GETSOCKNAME: 2, Method.BIND: 1}
+LOCAL_PRIORITY = {Method.RECVMSG: 3, Method.RECVFROM: 3, Method.GETSOCKNAME: 2, Method.BIND: 1}
 REMOTE_PRIORITY = {
     Method.GETPEERNAME: 4,
     Method.ACCEPT: 3,
@@ -30,6 +36,7 @@ REMOTE_PRIORITY = {
     Method.CONNECT: 2,
     Method.SENDTO: 2,
 }
+SENT = (Method.CONNECT, Method.SENDTO)
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
@@ -38,16 +45,24 @@ def is_wildcard(name: Name | None) -> bool:
     return isinstance(name, tuple) and name[0] in WILDCARD_HOSTS
 
 
+def is_other_source(obs: Observation, sent_to: set[Endpoint]) -> bool:
+    """A client's recvfrom from elsewhere than it sent to: the answer's source, not the client's peer."""
+    if obs.role != Role.CLIENT or obs.method != Method.RECVFROM or obs.remote is None or not sent_to:
+        return False
+    return endpoint(obs.remote) not in sent_to
+
+
 def pick_end(records: list[Observation]) -> FlowEnd:
     """Fold one end's records into its best-known own name and peer name."""
     local: tuple[tuple[int, int], Name] | None = None
     remote: tuple[int, Name] | None = None
+    sent_to = {endpoint(o.remote) for o in records if o.method in SENT and o.remote is not None}
     for obs in records:
-        if obs.local is not None:
+        if obs.local is not None and obs.method != Method.SENDTO:
             rank = (0 if is_wildcard(obs.local) else 1, LOCAL_PRIORITY.get(obs.method, 0))
             if local is None or rank >= local[0]:
                 local = (rank, obs.local)
-        if obs.remote is not None:
+        if obs.remote is not None and not is_other_source(obs, sent_to):
             prio = REMOTE_PRIORITY.get(obs.method, 0)
             if remote is None or prio >= remote[0]:
                 remote = (prio, obs.remote)
@@ -86,19 +101,36 @@ def judge(client: FlowEnd, server: FlowEnd) -> tuple[FlowVerdict, bool | None]:
     return FlowVerdict.PROXIED, port_preserved
 
 
-def join_flows(observations: Iterable[Observation]) -> list[Flow]:
-    """Group records by flow id and role, and judge every flow, oldest first."""
+def answer_of(client_records: list[Observation], server_records: list[Observation]) -> Answer | None:
+    """A datagram answer's source and whether it arrived, apart from the request's path; None if none was sent."""
+    sent = [obs for obs in server_records if obs.method == Method.SENDTO]
+    if not sent:
+        return None
+    received = [obs.remote for obs in client_records if obs.method == Method.RECVFROM and obs.remote is not None]
+    arrived = bool(received) or any("reflexive" in obs.extra for obs in client_records)
+    origins = [obs.local for obs in sent if obs.local is not None and not is_wildcard(obs.local)]
+    source = received[-1] if received else (origins[-1] if origins else None)
+    return Answer(source, arrived)
+
+
+def join_flows(observations: Iterable[Observation], evidence: Evidence | None = None) -> list[Flow]:
+    """Group records by flow id and role, judge every flow and trace its path, oldest first."""
     ends: dict[str, dict[Role, list[Observation]]] = {}
     for obs in observations:
         if obs.flow is not None:
             ends.setdefault(obs.flow, {}).setdefault(obs.role, []).append(obs)
+    evidence = evidence or Evidence()
     flows = []
     for flow_id, by_role in ends.items():
-        client_records = by_role.get(Role.CLIENT, [])
+        client_records, server_records = by_role.get(Role.CLIENT, []), by_role.get(Role.SERVER, [])
         client = pick_end(client_records) if client_records else None
-        server = pick_end(by_role[Role.SERVER]) if Role.SERVER in by_role else None
-        first = (client_records or by_role[Role.SERVER])[0]
+        server = pick_end(server_records) if server_records else None
+        first = (client_records or server_records)[0]
         verdict, preserved = judge(client, server) if client and server else (FlowVerdict.UNMATCHED, None)
+        times = [obs.time for obs in client_records + server_records]
+        path = evidence.trace(first.proto, client, server, (min(times), max(times)))
+        if verdict == FlowVerdict.PROXIED and any(hop.kind == HopKind.HAIRPIN for hop in path):
+            verdict = FlowVerdict.HAIRPIN
         flows.append(
             Flow(
                 flow=flow_id,
@@ -109,6 +141,8 @@ def join_flows(observations: Iterable[Observation]) -> list[Flow]:
                 server=server,
                 verdict=verdict,
                 port_preserved=preserved,
+                path=path,
+                answer=answer_of(client_records, server_records),
             )
         )
     return flows

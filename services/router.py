@@ -3,7 +3,9 @@
 Its settings (NAT_MODE, NAT_FILTER, NAT_HAIRPIN, SOCKLAB_DMZ, the LAN subnets) come from shared.config;
 README.md's "NAT behaviour" says what each value does. The rules live in chains of their own
 (SOCKLAB_PRE, SOCKLAB_POST), so `socklab router --apply` can switch behaviour in a running router
-without touching Docker's rules.
+without touching Docker's rules. It sits on ctl only to report: every conntrack event (NEW, DESTROY) is
+streamed to the collector (services.conntrack_events), the kernel's evidence of each translation; its
+rules match the LAN's addresses and the WAN address only, so ctl traffic is never translated.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import argparse
 import ipaddress
 import json
 import logging
+import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from services.health import mark_ready
+import zmq
+
+from services.conntrack_events import follow_conntrack
+from services.health import READY_DIR, mark_ready
 from shared.config import (
     argument_type,
     load_config,
@@ -27,7 +35,9 @@ from shared.config import (
     parse_router_filter,
     parse_switch,
 )
+from shared.names import parse_hostport, route_source
 from shared.nat import ROUTER_FILTERS, Behaviour, NatMode
+from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,10 @@ log = logging.getLogger(__name__)
 # symmetric: a random port for every new destination address and port (address-and-port-dependent).
 MASQUERADE_OPTIONS = {NatMode.CONE: [], NatMode.SYMMETRIC: ["--random-fully"]}
 CHAINS = {"SOCKLAB_PRE": "PREROUTING", "SOCKLAB_POST": "POSTROUTING"}
+RESOLVE_TIMEOUT = 10.0  # the collector is started before the router (compose), its name may lag a moment
+# What each rule is for; the router's setup names them, so the collector can say which rule rewrote a flow.
+RULE_SNAT4, RULE_SNAT6, RULE_INBOUND = "snat-ipv4", "snat-ipv6", "inbound-dnat"
+RULE_HAIRPIN_DNAT, RULE_HAIRPIN_SNAT = "hairpin-dnat", "hairpin-snat"
 
 
 @dataclass(frozen=True)
@@ -52,42 +66,45 @@ class RouterSetup:
 
 def nat_rules(nat: RouterSetup) -> list[list[str]]:
     """The iptables commands for a behaviour, appended to socklab's own chains."""
+    return list(named_rules(nat).values())
+
+
+def named_rules(nat: RouterSetup) -> dict[str, list[str]]:
+    """The iptables commands for a behaviour, by purpose: what a conntrack entry's rewrite is explained by."""
     if nat.filtering not in ROUTER_FILTERS:
         raise ValueError(f"the router cannot do {nat.filtering} filtering, only {', '.join(ROUTER_FILTERS)}")
     if (nat.filtering == Behaviour.ENDPOINT_INDEPENDENT or nat.hairpin) and not nat.dmz:
         raise ValueError("endpoint-independent filtering and hairpinning need a DMZ host (SOCKLAB_DMZ)")
     lan = str(nat.lan)
     masquerade = ["-t", "nat", "-A", "SOCKLAB_POST", "-j", "MASQUERADE", *MASQUERADE_OPTIONS[nat.mode]]
-    rules = [["iptables", *masquerade[:4], "-s", lan, "!", "-d", lan, *masquerade[4:]]]
+    rules = {RULE_SNAT4: ["iptables", *masquerade[:4], "-s", lan, "!", "-d", lan, *masquerade[4:]]}
     if nat.lan6:
         lan6 = str(nat.lan6)
-        rules.append(["ip6tables", *masquerade[:4], "-s", lan6, "!", "-d", lan6, *masquerade[4:]])
+        rules[RULE_SNAT6] = ["ip6tables", *masquerade[:4], "-s", lan6, "!", "-d", lan6, *masquerade[4:]]
     to_dmz = ["-p", "udp", "-d", nat.wan_address, "-j", "DNAT", "--to-destination", str(nat.dmz)]
     if nat.filtering == Behaviour.ENDPOINT_INDEPENDENT:
-        rules.append(["iptables", "-t", "nat", "-A", "SOCKLAB_PRE", "!", "-s", lan, *to_dmz])
+        rules[RULE_INBOUND] = ["iptables", "-t", "nat", "-A", "SOCKLAB_PRE", "!", "-s", lan, *to_dmz]
     if nat.hairpin:
-        rules.append(["iptables", "-t", "nat", "-A", "SOCKLAB_PRE", "-s", lan, *to_dmz])
-        rules.append(
-            [
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "SOCKLAB_POST",
-                "-s",
-                lan,
-                "-d",
-                lan,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "DNAT",
-                "-j",
-                "SNAT",
-                "--to-source",
-                nat.wan_address,
-            ]
-        )
+        rules[RULE_HAIRPIN_DNAT] = ["iptables", "-t", "nat", "-A", "SOCKLAB_PRE", "-s", lan, *to_dmz]
+        rules[RULE_HAIRPIN_SNAT] = [
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "SOCKLAB_POST",
+            "-s",
+            lan,
+            "-d",
+            lan,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "-j",
+            "SNAT",
+            "--to-source",
+            nat.wan_address,
+        ]
     return rules
 
 
@@ -105,10 +122,12 @@ def chain_flush(tool: str) -> list[list[str]]:
     return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS]
 
 
-def find_wan_address(network: ipaddress.IPv4Network) -> str:
-    """The router's IPv4 address outside the LAN, read from its interfaces."""
+def find_wan_address(network: ipaddress.IPv4Network, ctl: str | None = None) -> str:
+    """The router's IPv4 address outside the LAN and off ctl (where reports go), read from its interfaces."""
     out = subprocess.run(["ip", "-j", "-4", "addr"], check=True, capture_output=True, text=True).stdout
     for link in json.loads(out):
+        if ctl is not None and any(addr["local"] == ctl for addr in link.get("addr_info", [])):
+            continue
         for addr in link.get("addr_info", []):
             ip = ipaddress.ip_address(addr["local"])
             if not ip.is_loopback and ip not in network:
@@ -128,10 +147,44 @@ def apply(nat: RouterSetup, first_time: bool) -> None:
     tools = ["iptables", "ip6tables"] if nat.lan6 else ["iptables"]
     for tool in tools:
         run(chain_setup(tool) if first_time else chain_flush(tool))
-    run(nat_rules(nat))
+    rules = named_rules(nat)
+    run(list(rules.values()))
     if not first_time:
         subprocess.run(["conntrack", "-F"], check=True, capture_output=True)
-    mark_ready("router", json.dumps({"mode": nat.mode, "filtering": nat.filtering, "hairpin": nat.hairpin}))
+    mark_ready("router", json.dumps(describe_setup(nat, rules)))
+
+
+def describe_setup(nat: RouterSetup, rules: dict[str, list[str]]) -> dict[str, Any]:
+    """The setup as the ready file keeps it and every conntrack record carries it: the evidence's context."""
+    return {
+        "mode": str(nat.mode),
+        "filtering": str(nat.filtering),
+        "hairpin": nat.hairpin,
+        "wan_address": nat.wan_address,
+        "lan": [str(net) for net in (nat.lan, nat.lan6) if net],
+        "rules": {purpose: " ".join(command) for purpose, command in rules.items()},
+    }
+
+
+def collector_source(endpoint: str) -> str | None:
+    """The router's own address toward the collector (its ctl address), which is never its WAN address."""
+    host, port = parse_hostport(endpoint.removeprefix("tcp://"))
+    deadline = time.monotonic() + RESOLVE_TIMEOUT
+    while True:
+        try:
+            return route_source(socket.gethostbyname(host), port)
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                log.warning("collector %s unreachable, its route not excluded: %s", endpoint, exc)
+                return None
+            time.sleep(0.1)
+
+
+def stream_conntrack(endpoint: str, service: str) -> None:
+    """Stream conntrack events to the collector from a thread of its own, through its own Reporter."""
+    context = zmq.Context()
+    reporter = Reporter(context, endpoint, service)
+    threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / "router")), daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,8 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--apply", action="store_true", help="switch a running router, then exit")
     args = parser.parse_args(argv)
-    nat = RouterSetup(args.mode, args.filter, args.hairpin, args.lan, args.lan6, find_wan_address(args.lan), args.dmz)
+    wan_address = find_wan_address(args.lan, collector_source(cfg.collector))
+    nat = RouterSetup(args.mode, args.filter, args.hairpin, args.lan, args.lan6, wan_address, args.dmz)
     apply(nat, first_time=not args.apply)
     log.info("router: %s mapping, %s filtering, hairpin %s", nat.mode, nat.filtering, "on" if nat.hairpin else "off")
     if not args.apply:
+        stream_conntrack(cfg.collector, cfg.service)
         threading.Event().wait()

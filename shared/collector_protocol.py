@@ -6,6 +6,8 @@ REQ -> REP, one reply per query, always a map with "ok":
   {"op": "ping"}                    -> {"ok": true, "records": n}
   {"op": "report"}                  -> {"ok": true, ...the report (shared.report_model)...}
   {"op": "records", "flow": id|nil} -> {"ok": true, "records": [record maps]}
+  {"op": "flow", "flow": id}        -> {"ok": true, "flow": one flow of the report}; an id's unique
+                                       prefix will do; none or several: {"ok": false, "error"}
 A query it cannot answer gets {"ok": false, "error"}.
 """
 
@@ -29,6 +31,7 @@ class QueryOp(StrEnum):
     PING = "ping"
     REPORT = "report"
     RECORDS = "records"
+    FLOW = "flow"
 
 
 def pack_query(op: QueryOp, **fields: Any) -> bytes:

@@ -22,13 +22,15 @@ class ConntrackEntry:
     reply_dst: str
     reply_sport: int
     reply_dport: int
+    id: int | None = None
 
 
 CONNTRACK_TUPLE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+CONNTRACK_ID = re.compile(r"\bid=(\d+)")
 
 
 def parse_conntrack(text: str) -> list[ConntrackEntry]:
-    """Read TCP and UDP entries from `conntrack -L` or /proc/net/nf_conntrack."""
+    """Read TCP and UDP entries from `conntrack -L` (with its id under `-o id`) or /proc/net/nf_conntrack."""
     entries = []
     for line in text.splitlines():
         tuples = CONNTRACK_TUPLE.findall(line)
@@ -36,5 +38,9 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
         if len(tuples) != 2 or proto is None:
             continue
         (src, dst, sport, dport), (rsrc, rdst, rsport, rdport) = tuples
-        entries.append(ConntrackEntry(proto, src, dst, int(sport), int(dport), rsrc, rdst, int(rsport), int(rdport)))
+        found = CONNTRACK_ID.search(line)
+        conntrack_id = int(found.group(1)) if found else None
+        entries.append(
+            ConntrackEntry(proto, src, dst, int(sport), int(dport), rsrc, rdst, int(rsport), int(rdport), conntrack_id)
+        )
     return entries

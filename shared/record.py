@@ -20,21 +20,30 @@ On the wire a record is a msgpack map (schema version 1):
 
 A name is [host, port], [host, port, flowinfo, scope_id], or a path string (bytes for an
 abstract Unix name): a tuple exactly as the socket call returned it, never cut to two items.
+
+Other kinds of record carry a "kind" key (a socket observation has none, so its wire form is unchanged):
+  "conntrack":      one conntrack event on the router (ConntrackEvent): NEW or DESTROY, the conntrack id,
+                    the original and reply tuples, and the router's NAT setup (its time is when
+                    the router read the event from the kernel);
+  "docker-binding": one published port as the Docker host serves it (DockerBinding), reported from the
+                    host because the collector has no Docker socket.
+Each has v, time, service, host and drops like an observation, and its own checked fields.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgpack
 
-from shared.fields import member, optional, typed
+from shared.fields import member, optional, require_map, typed
 from shared.framing import unpack_map
 from shared.names import Name, name_from_wire, name_to_wire
 
@@ -145,15 +154,10 @@ class Observation:
     @classmethod
     def from_wire(cls, obj: dict[str, Any]) -> Observation:
         """Check and read a record's map; anything malformed raises ValueError saying what is wrong."""
-        version = typed(obj, "v", int, "record")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}")
-        moment = float(typed(obj, "time", (int, float), "record"))
-        if not math.isfinite(moment):
-            raise ValueError(f"record 'time' {moment} is not finite")
+        moment, service, host, drops = header(obj, "record")
         return cls(
-            service=typed(obj, "service", str, "record"),
-            host=typed(obj, "host", str, "record"),
+            service=service,
+            host=host,
             flow=optional(obj, "flow", str, "record"),
             role=member(obj, "role", Role, "record"),
             proto=member(obj, "proto", Proto, "record"),
@@ -162,16 +166,240 @@ class Observation:
             local=name_from_wire(obj.get("local")),
             remote=name_from_wire(obj.get("remote")),
             time=moment,
-            drops=typed(obj, "drops", int, "record"),
+            drops=drops,
             extra=typed(obj, "extra", dict, "record"),
         )
 
 
+class RecordKind(StrEnum):
+    """What a record speaks of; an observation's wire form has no "kind" key."""
+
+    OBSERVATION = "observation"
+    CONNTRACK = "conntrack"
+    DOCKER_BINDING = "docker-binding"
+
+
+class ConntrackEventType(StrEnum):
+    """The conntrack events the router streams: an entry made, an entry gone."""
+
+    NEW = "new"
+    DESTROY = "destroy"
+
+
+@dataclass(frozen=True)
+class ConntrackTuple:
+    """One direction of a conntrack entry: src:sport -> dst:dport, as the kernel names it."""
+
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The tuple as a record carries it."""
+        return {"src": self.src, "dst": self.dst, "sport": self.sport, "dport": self.dport}
+
+    @classmethod
+    def from_wire(cls, obj: Any, what: str) -> ConntrackTuple:
+        """Check and read a tuple: addresses as the kernel writes them, ports in range."""
+        found = require_map(obj, what)
+        ports = [typed(found, key, int, what) for key in ("sport", "dport")]
+        if not all(0 <= port <= 65535 for port in ports):
+            raise ValueError(f"{what} port out of range: {ports}")
+        return cls(address(found, "src", what), address(found, "dst", what), *ports)
+
+
+def address(obj: dict[str, Any], key: str, what: str) -> str:
+    """A field that must be an IP address literal, written back in its canonical form."""
+    text = typed(obj, key, str, what)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{what} {key} {text!r} is not an IP address") from None
+
+
+def header(obj: dict[str, Any], what: str) -> tuple[float, str, str, int]:
+    """The fields every record kind shares: version, time, service, host, drops."""
+    version = typed(obj, "v", int, what)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{what} schema version {version} is not {SCHEMA_VERSION}")
+    moment = float(typed(obj, "time", (int, float), what))
+    if not math.isfinite(moment):
+        raise ValueError(f"{what} 'time' {moment} is not finite")
+    drops = typed(obj, "drops", int, what)
+    return moment, typed(obj, "service", str, what), typed(obj, "host", str, what), drops
+
+
+@dataclass(frozen=True)
+class ConntrackEvent:
+    """One conntrack event on the router: the kernel's own record of a translation made or ended."""
+
+    service: str
+    host: str
+    event: ConntrackEventType
+    id: int
+    proto: Proto
+    family: Family
+    original: ConntrackTuple
+    reply: ConntrackTuple
+    setup: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+    drops: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as a record: what the store keeps."""
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": str(RecordKind.CONNTRACK),
+            "time": self.time,
+            "service": self.service,
+            "host": self.host,
+            "drops": self.drops,
+            "event": str(self.event),
+            "id": self.id,
+            "proto": str(self.proto),
+            "family": str(self.family),
+            "original": self.original.to_wire(),
+            "reply": self.reply.to_wire(),
+            "setup": self.setup,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> ConntrackEvent:
+        """Check and read a conntrack record; anything malformed raises ValueError."""
+        what = "conntrack record"
+        moment, service, host, drops = header(obj, what)
+        proto = member(obj, "proto", Proto, what)
+        if proto == Proto.UNIX:
+            raise ValueError("conntrack record proto must be tcp or udp")
+        family = member(obj, "family", Family, what)
+        if family == Family.UNIX:
+            raise ValueError("conntrack record family must be ipv4 or ipv6")
+        return cls(
+            service=service,
+            host=host,
+            event=member(obj, "event", ConntrackEventType, what),
+            id=typed(obj, "id", int, what),
+            proto=proto,
+            family=family,
+            original=ConntrackTuple.from_wire(obj.get("original"), "conntrack original"),
+            reply=ConntrackTuple.from_wire(obj.get("reply"), "conntrack reply"),
+            setup=typed(obj, "setup", dict, what),
+            time=moment,
+            drops=drops,
+        )
+
+
+class Mechanism(StrEnum):
+    """How the Docker host carries a published port to the container."""
+
+    DOCKER_PROXY = "docker-proxy"
+    DOCKER_DNAT = "docker-dnat"
+
+
+@dataclass(frozen=True)
+class DockerBinding:
+    """One published port as the Docker host serves it: host name, container name, and by what mechanism."""
+
+    service: str
+    host: str
+    proto: Proto
+    host_ip: str
+    host_port: int
+    container: str
+    container_ip: str
+    container_port: int
+    network: str
+    gateway: str
+    mechanism: Mechanism
+    proxy_pid: int | None = None
+    proxy_command: tuple[str, ...] = ()
+    time: float = field(default_factory=time.time)
+    drops: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """The binding as a record: what the store keeps."""
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": str(RecordKind.DOCKER_BINDING),
+            "time": self.time,
+            "service": self.service,
+            "host": self.host,
+            "drops": self.drops,
+            "proto": str(self.proto),
+            "host_ip": self.host_ip,
+            "host_port": self.host_port,
+            "container": self.container,
+            "container_ip": self.container_ip,
+            "container_port": self.container_port,
+            "network": self.network,
+            "gateway": self.gateway,
+            "mechanism": str(self.mechanism),
+            "proxy_pid": self.proxy_pid,
+            "proxy_command": list(self.proxy_command),
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> DockerBinding:
+        """Check and read a binding record; anything malformed raises ValueError."""
+        what = "docker-binding record"
+        moment, service, host, drops = header(obj, what)
+        proto = member(obj, "proto", Proto, what)
+        if proto == Proto.UNIX:
+            raise ValueError("docker-binding record proto must be tcp or udp")
+        ports = [typed(obj, key, int, what) for key in ("host_port", "container_port")]
+        if not all(0 < port <= 65535 for port in ports):
+            raise ValueError(f"{what} port out of range: {ports}")
+        command = typed(obj, "proxy_command", list, what)
+        if not all(isinstance(arg, str) for arg in command):
+            raise ValueError(f"{what} 'proxy_command' must be a list of strings")
+        return cls(
+            service=service,
+            host=host,
+            proto=proto,
+            host_ip=address(obj, "host_ip", what),
+            host_port=ports[0],
+            container=typed(obj, "container", str, what),
+            container_ip=address(obj, "container_ip", what),
+            container_port=ports[1],
+            network=typed(obj, "network", str, what),
+            gateway=address(obj, "gateway", what),
+            mechanism=member(obj, "mechanism", Mechanism, what),
+            proxy_pid=optional(obj, "proxy_pid", int, what),
+            proxy_command=tuple(command),
+            time=moment,
+            drops=drops,
+        )
+
+
+Record: TypeAlias = Observation | ConntrackEvent | DockerBinding
+RECORD_TYPES: dict[str, type[ConntrackEvent] | type[DockerBinding]] = {
+    RecordKind.CONNTRACK: ConntrackEvent,
+    RecordKind.DOCKER_BINDING: DockerBinding,
+}
+
+
 def pack_observation(obs: Observation) -> bytes:
     """Encode a record for the wire and the store."""
-    return msgpack.packb(obs.to_wire(), use_bin_type=True)
+    return pack_record(obs)
+
+
+def pack_record(record: Record) -> bytes:
+    """Encode a record of any kind for the wire and the store."""
+    return msgpack.packb(record.to_wire(), use_bin_type=True)
 
 
 def unpack_observation(data: bytes) -> Observation:
     """Decode and check a record; anything malformed raises ValueError saying what is wrong."""
     return Observation.from_wire(unpack_map(data, "record"))
+
+
+def unpack_record(data: bytes) -> Record:
+    """Decode and check a record of any kind: no "kind" is a socket observation, else the kind's own reader."""
+    obj = unpack_map(data, "record")
+    kind = obj.get("kind")
+    if kind is None:
+        return Observation.from_wire(obj)
+    if not isinstance(kind, str) or kind not in RECORD_TYPES:
+        raise ValueError(f"record kind {kind!r} is unknown")
+    return RECORD_TYPES[kind].from_wire(obj)

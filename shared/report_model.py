@@ -25,6 +25,7 @@ class FlowVerdict(StrEnum):
     SNAT = "snat"
     DNAT = "dnat"
     PROXIED = "proxied"
+    HAIRPIN = "hairpin"
     UNMATCHED = "unmatched"
 
 
@@ -61,9 +62,75 @@ class FlowEnd:
         )
 
 
+class HopKind(StrEnum):
+    """What a rewriter did to a flow's names."""
+
+    SNAT = "snat"
+    DNAT = "dnat"
+    PROXY = "proxy"
+    HAIRPIN = "hairpin"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One rewrite between the ends: who did it, by which rule, the name before and after, and the evidence."""
+
+    by: str
+    kind: HopKind
+    rule: str
+    before: Name
+    after: Name
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The hop as a flow's "path" carries it."""
+        return {
+            "by": self.by,
+            "kind": str(self.kind),
+            "rule": self.rule,
+            "before": name_to_wire(self.before),
+            "after": name_to_wire(self.after),
+            "evidence": self.evidence,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Hop:
+        """Check and read a hop."""
+        hop = require_map(obj, "hop")
+        before, after = name_from_wire(hop.get("before")), name_from_wire(hop.get("after"))
+        if before is None or after is None:
+            raise ValueError("hop 'before' and 'after' must be names")
+        return cls(
+            by=typed(hop, "by", str, "hop"),
+            kind=member(hop, "kind", HopKind, "hop"),
+            rule=typed(hop, "rule", str, "hop"),
+            before=before,
+            after=after,
+            evidence=typed(hop, "evidence", dict, "hop"),
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A datagram flow's answer, apart from the request's path: where it came from, and whether it arrived."""
+
+    source: Name | None
+    arrived: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        """The answer as a flow carries it."""
+        return {"from": name_to_wire(self.source), "arrived": self.arrived}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Answer:
+        """Check and read an answer."""
+        answer = require_map(obj, "answer")
+        return cls(source=name_from_wire(answer.get("from")), arrived=typed(answer, "arrived", bool, "answer"))
+
+
 @dataclass(frozen=True)
 class Flow:
-    """Both ends of one flow and the verdict on what lay between them."""
+    """Both ends of one flow, the verdict on what lay between them, and who rewrote what on the way."""
 
     flow: str
     proto: Proto
@@ -73,6 +140,8 @@ class Flow:
     server: FlowEnd | None
     verdict: FlowVerdict
     port_preserved: bool | None
+    path: tuple[Hop, ...] = ()
+    answer: Answer | None = None
 
     @property
     def complete(self) -> bool:
@@ -90,12 +159,17 @@ class Flow:
             "server": self.server.to_wire() if self.server else None,
             "verdict": str(self.verdict),
             "port_preserved": self.port_preserved,
+            "path": [hop.to_wire() for hop in self.path],
+            "answer": self.answer.to_wire() if self.answer else None,
         }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Flow:
-        """Check and read a flow."""
+        """Check and read a flow (one without "path" or "answer", from before they existed, has none)."""
         flow = require_map(obj, "flow")
+        path = flow.get("path", [])
+        if not isinstance(path, list):
+            raise ValueError("flow 'path' must be a list")
         return cls(
             flow=typed(flow, "flow", str, "flow"),
             proto=member(flow, "proto", Proto, "flow"),
@@ -105,6 +179,8 @@ class Flow:
             server=FlowEnd.from_wire(flow["server"]) if flow.get("server") is not None else None,
             verdict=member(flow, "verdict", FlowVerdict, "flow"),
             port_preserved=optional(flow, "port_preserved", bool, "flow"),
+            path=tuple(Hop.from_wire(hop) for hop in path),
+            answer=Answer.from_wire(flow["answer"]) if flow.get("answer") is not None else None,
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import zmq
 
 from shared.names import Name
-from shared.record import Family, Method, Observation, Proto, Role, pack_observation
+from shared.record import Family, Method, Observation, Proto, Record, Role, pack_record
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ class Reporter:
         self._push.setsockopt(zmq.LINGER, 2000)
         self._push.connect(endpoint)
 
-    def report(self, obs: Observation) -> bool:
-        """Queue one record without waiting; False when it was dropped."""
+    def report(self, record: Record) -> bool:
+        """Queue one record of any kind without waiting; False when it was dropped."""
         try:
-            self._push.send(pack_observation(obs), zmq.NOBLOCK)
+            self._push.send(pack_record(record), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:

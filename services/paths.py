@@ -1,0 +1,207 @@
+"""A flow's path: who rewrote its names between the ends, told from the kernel's and Docker's own records.
+
+The router streams its conntrack events (services.conntrack_events); a flow is joined to the entry
+whose original tuple is the client's own name -> the client's destination and whose reply tuple is
+the server's own name -> the server's peer (IPv4-mapped names unmapped), the newest one alive at the
+flow's time. Where only one end reported, that end's tuple alone decides. Each rewrite the entry shows
+is a hop: the destination (DNAT, or hairpin when the source is rewritten too) before the source (SNAT),
+in the order netfilter applies them (PREROUTING, then POSTROUTING).
+
+Published ports are rewritten on the Docker host, which the collector cannot see; the host-side command
+(services.docker_facts) reports each binding, and a flow to a binding's host address that reached the
+binding's container gets a docker-proxy hop (a user-space proxy's second connection, from the bridge
+gateway) or docker-dnat hops (the host kernel's DNAT, and the masquerade to the gateway).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared.names import Name, endpoint
+from shared.record import ConntrackEvent, ConntrackEventType, ConntrackTuple, DockerBinding, Family, Mechanism, Proto
+from shared.report_model import FlowEnd, Hop, HopKind
+
+# Records come from different processes: the router reads an event just after the packet that made it.
+SLACK = 1.0
+Address = tuple[str, int]
+TupleKey = tuple[str, Address, Address]
+
+
+@dataclass
+class ConntrackEntry:
+    """One conntrack entry's life as the router's events tell it: made (NEW) and, perhaps, gone (DESTROY)."""
+
+    id: int
+    proto: Proto
+    family: Family
+    original: ConntrackTuple
+    reply: ConntrackTuple
+    router: str
+    setup: dict
+    born: float | None = None
+    died: float | None = None
+
+    def alive(self, first: float, last: float) -> bool:
+        """Whether the entry existed at some moment of the flow's records."""
+        born = -math.inf if self.born is None else self.born
+        died = math.inf if self.died is None else self.died
+        return born <= last + SLACK and died >= first - SLACK
+
+
+def source(tup: ConntrackTuple) -> Address:
+    """Where a tuple's packets come from."""
+    return (tup.src, tup.sport)
+
+
+def destination(tup: ConntrackTuple) -> Address:
+    """Where a tuple's packets go."""
+    return (tup.dst, tup.dport)
+
+
+def ip_endpoint(name: Name | None) -> Address | None:
+    """An IP name folded for comparison with the kernel's tuples; None for a path or nothing."""
+    if not isinstance(name, tuple):
+        return None
+    folded = endpoint(name)
+    assert isinstance(folded, tuple)
+    return folded
+
+
+def entries_from(events: Iterable[ConntrackEvent]) -> list[ConntrackEntry]:
+    """Fold NEW and DESTROY events into entries, one per conntrack id and original tuple."""
+    entries: dict[tuple[str, int, str, ConntrackTuple], ConntrackEntry] = {}
+    for event in events:
+        key = (event.host, event.id, event.proto, event.original)
+        entry = entries.get(key)
+        if entry is None or (event.event == ConntrackEventType.NEW and entry.born is not None):
+            entry = ConntrackEntry(
+                event.id, event.proto, event.family, event.original, event.reply, event.host, event.setup
+            )
+            entries[key] = entry
+        if event.event == ConntrackEventType.NEW:
+            entry.born, entry.setup = event.time, event.setup
+        else:
+            entry.died = event.time
+    return list(entries.values())
+
+
+class Evidence:
+    """The router's conntrack entries and the Docker host's bindings, indexed for joining flows to them."""
+
+    def __init__(self, events: Iterable[ConntrackEvent] = (), bindings: Iterable[DockerBinding] = ()) -> None:
+        self.by_original: dict[TupleKey, list[ConntrackEntry]] = {}
+        self.by_reply: dict[TupleKey, list[ConntrackEntry]] = {}
+        for entry in entries_from(events):
+            original = (str(entry.proto), source(entry.original), destination(entry.original))
+            reply = (str(entry.proto), source(entry.reply), destination(entry.reply))
+            self.by_original.setdefault(original, []).append(entry)
+            self.by_reply.setdefault(reply, []).append(entry)
+        self.bindings = sorted(bindings, key=lambda binding: binding.time, reverse=True)
+
+    def trace(
+        self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None, window: tuple[float, float]
+    ) -> tuple[Hop, ...]:
+        """Every rewrite the evidence shows between a flow's ends, client side first."""
+        if proto not in (Proto.TCP, Proto.UDP):
+            return ()
+        entry = self.conntrack_entry(proto, client, server, window)
+        return self.docker_hops(proto, client, server) + (router_hops(entry) if entry else ())
+
+    def conntrack_entry(
+        self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None, window: tuple[float, float]
+    ) -> ConntrackEntry | None:
+        """The newest entry alive at the flow's time whose tuples are both ends' names."""
+        mine, theirs = (ip_endpoint(client.sockname), ip_endpoint(client.peername)) if client else (None, None)
+        arrived, seen = (ip_endpoint(server.sockname), ip_endpoint(server.peername)) if server else (None, None)
+        if mine and theirs:
+            found = self.by_original.get((str(proto), mine, theirs), [])
+            if arrived and seen:
+                found = [e for e in found if source(e.reply) == arrived and destination(e.reply) == seen]
+        elif arrived and seen:
+            found = self.by_reply.get((str(proto), arrived, seen), [])
+        else:
+            return None
+        alive = [entry for entry in found if entry.alive(*window)]
+        return max(alive, key=lambda entry: -math.inf if entry.born is None else entry.born, default=None)
+
+    def docker_hops(self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None) -> tuple[Hop, ...]:
+        """Docker's rewrites of a flow to a published port, from the newest binding that names both ends."""
+        if client is None or server is None:
+            return ()
+        theirs, mine = ip_endpoint(client.peername), ip_endpoint(client.sockname)
+        arrived, seen = ip_endpoint(server.sockname), ip_endpoint(server.peername)
+        if not (theirs and mine and arrived and seen):
+            return ()
+        for binding in self.bindings:
+            published = (binding.host_ip, binding.host_port)
+            target = (binding.container_ip, binding.container_port)
+            if binding.proto == proto and published == theirs and target == arrived:
+                return binding_hops(binding, mine, seen)
+        return ()
+
+
+def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
+    """The rewrites one conntrack entry records: destination first (PREROUTING), then source (POSTROUTING)."""
+    evidence = {
+        "conntrack_id": entry.id,
+        "proto": str(entry.proto),
+        "family": str(entry.family),
+        "original": entry.original.to_wire(),
+        "reply": entry.reply.to_wire(),
+        "new": entry.born,
+        "destroy": entry.died,
+        "router": entry.router,
+        **{key: entry.setup[key] for key in ("mode", "filtering", "hairpin", "wan_address") if key in entry.setup},
+    }
+    rules = entry.setup.get("rules", {})
+    dnat = destination(entry.original) != source(entry.reply)
+    snat = source(entry.original) != destination(entry.reply)
+    hops = []
+    if dnat:
+        kind, purpose = (HopKind.HAIRPIN, "hairpin-dnat") if snat else (HopKind.DNAT, "inbound-dnat")
+        before, after = destination(entry.original), source(entry.reply)
+        hops.append(Hop("router", kind, rule_text(rules, purpose), before, after, evidence))
+    if snat:
+        purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
+        before, after = source(entry.original), destination(entry.reply)
+        hops.append(Hop("router", HopKind.SNAT, rule_text(rules, purpose), before, after, evidence))
+    return tuple(hops)
+
+
+def rule_text(rules: object, purpose: str) -> str:
+    """The router's rule for a purpose, as its setup names it."""
+    rule = rules.get(purpose) if isinstance(rules, dict) else None
+    return rule if isinstance(rule, str) else f"({purpose}: no such rule in the router's setup)"
+
+
+def binding_hops(binding: DockerBinding, mine: Address, seen: Address) -> tuple[Hop, ...]:
+    """A proxy hop for a docker-proxy binding; a DNAT hop, and a masquerade hop if the source changed, otherwise."""
+    published = (binding.host_ip, binding.host_port)
+    target = (binding.container_ip, binding.container_port)
+    evidence = {
+        "container": binding.container,
+        "network": binding.network,
+        "gateway": binding.gateway,
+        "published": [*published, str(binding.proto)],
+        "target": list(target),
+        "proxy_pid": binding.proxy_pid,
+        "proxy_command": list(binding.proxy_command),
+        "reported_by": binding.service,
+        "reported_at": binding.time,
+    }
+    if binding.mechanism == Mechanism.DOCKER_PROXY:
+        if seen[0] != binding.gateway:
+            return ()
+        rule = " ".join(binding.proxy_command) or "docker-proxy"
+        return (Hop("docker-proxy", HopKind.PROXY, rule, published, seen, evidence),)
+    rule = (
+        f"DOCKER -p {binding.proto} -d {binding.host_ip} --dport {binding.host_port} "
+        f"-j DNAT --to-destination {binding.container_ip}:{binding.container_port}"
+    )
+    hops = [Hop("docker-dnat", HopKind.DNAT, rule, published, target, evidence)]
+    if seen != mine:
+        rule = f"POSTROUTING -j MASQUERADE (to {binding.network}'s gateway {binding.gateway})"
+        hops.append(Hop("docker-masquerade", HopKind.SNAT, rule, mine, seen, evidence))
+    return tuple(hops)
