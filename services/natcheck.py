@@ -12,11 +12,14 @@ answers the filtering tests ask for.
   mapping-2 alternate address            same mapped address as mapping-1: endpoint-independent mapping
   mapping-3 alternate address and port   same as mapping-2: address-dependent, else address-and-port-dependent
   hairpin (section 4.5)                  a request sent to our own mapped address comes back to us
+
+With --lifetime it also measures how long an idle mapping lives (services/lifetime.py, section 4.6).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import socket
@@ -25,6 +28,7 @@ import time
 
 import zmq
 
+from services.lifetime import measure_lifetime
 from shared import stun
 from shared.config import load_config
 from shared.names import format_name, parse_hostport, route_source
@@ -159,8 +163,10 @@ def check_filtering(
     return Behaviour.ADDRESS_DEPENDENT if port_only.mapped is not None else Behaviour.ADDRESS_AND_PORT_DEPENDENT
 
 
-def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: int) -> NatCheckResult:
-    """The whole procedure; the summary is also reported to the collector."""
+def run_natcheck(
+    reporter: Reporter, server: Address, timeout: float, attempts: int, lifetime: tuple[float, float] | None = None
+) -> NatCheckResult:
+    """The whole procedure, and with `lifetime` (bound, resolution) the mapping lifetime; reported to the collector."""
     probe = StunProbe(reporter, server, timeout, attempts)
     try:
         first = probe.transact("mapping-1 primary", server)
@@ -181,6 +187,9 @@ def run_natcheck(reporter: Reporter, server: Address, timeout: float, attempts: 
             other_address=first.other_address,
             tests=tuple(tests),
         )
+        if lifetime is not None:
+            measured = measure_lifetime(lambda: StunProbe(reporter, server, timeout, attempts), server, *lifetime)
+            result = dataclasses.replace(result, lifetime=measured)
         extra = {"natcheck": result.to_wire()}
         reporter.observe(probe.sock, "getsockname", None, Role.CLIENT, local=probe.local, extra=extra)
         return result
@@ -208,6 +217,10 @@ def format_summary(result: NatCheckResult) -> str:
         f"  port preserved: {'yes' if result.port_preserved else 'no'}",
         f"  hairpinning:    {'yes' if result.hairpin else 'no'}",
     ]
+    if result.lifetime is not None:
+        expired = result.lifetime.expired
+        said = f"{expired:g} s" if expired is not None else "longer than the search's bound"
+        lines.append(f"  mapping lifetime: {said} (an idle mapping survived {result.lifetime.survived:g} s)")
     if result.other_address is None:
         lines.append("  (the server has no alternate address: set SOCKLAB_STUN_ADDRESSES on the registry)")
     for test in result.tests:
@@ -230,7 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object for machines")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=0.4, help="wait per send (0.4)")
     parser.add_argument("--attempts", metavar="N", type=int, default=3, help="sends per request (3)")
+    parser.add_argument("--lifetime", action="store_true", help="also measure how long an idle UDP mapping lives")
+    parser.add_argument("--lifetime-max", metavar="SECONDS", type=float, default=64.0, help="search bound (64)")
+    parser.add_argument("--resolution", metavar="SECONDS", type=float, default=1.0, help="lifetime's precision (1)")
     args = parser.parse_args(argv)
+    if args.lifetime and not 0 < args.resolution <= args.lifetime_max:
+        parser.error("--resolution must be above 0 and at most --lifetime-max")
     try:
         server = parse_hostport(args.server, cfg.stun_port)
     except ValueError as exc:
@@ -238,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
     try:
-        result = run_natcheck(reporter, resolve_ipv4(server), args.timeout, args.attempts)
+        lifetime = (args.lifetime_max, args.resolution) if args.lifetime else None
+        result = run_natcheck(reporter, resolve_ipv4(server), args.timeout, args.attempts, lifetime)
     except (TimeoutError, OSError) as exc:
         sys.exit(f"natcheck: {exc}")
     finally:

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -49,6 +50,11 @@ RESOLVE_TIMEOUT = 10.0  # the collector is started before the router (compose), 
 # What each rule is for; the router's setup names them, so the collector can say which rule rewrote a flow.
 RULE_SNAT4, RULE_SNAT6, RULE_INBOUND = "snat-ipv4", "snat-ipv6", "inbound-dnat"
 RULE_HAIRPIN_DNAT, RULE_HAIRPIN_SNAT = "hairpin-dnat", "hairpin-snat"
+# The kernel's idle timeouts for UDP entries in this network namespace (compose's sysctls set them).
+UDP_TIMEOUTS = {
+    "udp_timeout": Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout"),
+    "udp_timeout_stream": Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream"),
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,18 @@ def find_wan_address(network: ipaddress.IPv4Network, ctl: str | None = None) -> 
     raise RuntimeError("the router has no address outside the LAN")
 
 
+def read_udp_timeouts() -> dict[str, int]:
+    """The seconds an idle UDP mapping lives here, as the kernel has them (not as we were told)."""
+    return {name: int(path.read_text()) for name, path in UDP_TIMEOUTS.items()}
+
+
+def check_udp_timeouts(configured: dict[str, int]) -> None:
+    """Say loudly when the kernel's UDP timeouts are not the configured ones (a router started without the sysctls)."""
+    for name, seconds in read_udp_timeouts().items():
+        if seconds != configured[name]:
+            log.warning("nf_conntrack_%s is %d s, not the configured %d s", name, seconds, configured[name])
+
+
 def run(commands: list[list[str]]) -> None:
     """Run iptables commands, each logged, stopping at the first failure."""
     for command in commands:
@@ -151,7 +169,7 @@ def apply(nat: RouterSetup, first_time: bool) -> None:
     run(list(rules.values()))
     if not first_time:
         subprocess.run(["conntrack", "-F"], check=True, capture_output=True)
-    mark_ready("router", json.dumps(describe_setup(nat, rules)))
+    mark_ready("router", json.dumps({**describe_setup(nat, rules), **read_udp_timeouts()}))
 
 
 def describe_setup(nat: RouterSetup, rules: dict[str, list[str]]) -> dict[str, Any]:
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     wan_address = find_wan_address(args.lan, collector_source(cfg.collector))
     nat = RouterSetup(args.mode, args.filter, args.hairpin, args.lan, args.lan6, wan_address, args.dmz)
+    check_udp_timeouts({"udp_timeout": cfg.router_udp_timeout, "udp_timeout_stream": cfg.router_udp_stream_timeout})
     apply(nat, first_time=not args.apply)
     log.info("router: %s mapping, %s filtering, hairpin %s", nat.mode, nat.filtering, "on" if nat.hairpin else "off")
     if not args.apply:

@@ -106,13 +106,14 @@ class StunResponder:
         flow = stun.flow_id(request.transaction_id)
         self.reporter.observe(sock, "recvfrom", flow, Role.SERVER, local=sock.getsockname(), remote=addr)
         out, response = self.respond(sock, request, addr)
+        destination = response_destination(request, addr)
         try:
-            out.sendto(stun.pack_message(response, fingerprint=True), addr)
+            out.sendto(stun.pack_message(response, fingerprint=True), destination)
         except OSError as exc:
-            log.warning("sendto %s failed: %s", addr, exc)
+            log.warning("sendto %s failed: %s", destination, exc)
             return
         self.stats["stun_answered" if response.cls == stun.Class.RESPONSE else "stun_errors"] += 1
-        self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=addr)
+        self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=destination)
 
     def respond(self, sock: socket.socket, request: stun.Message, addr: Name) -> tuple[socket.socket, stun.Message]:
         """Choose the socket the answer leaves from (CHANGE-REQUEST) and build it (RFC 5780 section 6.1)."""
@@ -136,6 +137,17 @@ class StunResponder:
         if change & stun.CHANGE_PORT:
             port = self.alt_port if port == self.port else self.port
         return self.sockets[(host, port)]
+
+
+def response_destination(request: stun.Message, addr: Name) -> Name:
+    """Where the answer goes: the request's source, at RESPONSE-PORT's port if it names one (RFC 5780 section 7.5).
+
+    natcheck --lifetime asks from a second socket for the answer to reach its first socket's mapping.
+    """
+    port = request.attributes.get(stun.Attr.RESPONSE_PORT)
+    if port is None or not isinstance(addr, tuple):
+        return addr
+    return (addr[0], port, *addr[2:])
 
 
 def binding_response(

@@ -105,6 +105,17 @@ def parse_ipv4_host(text: str) -> ipaddress.IPv4Address | None:
     return parse_ipv4_address(text) if text else None
 
 
+def parse_seconds(text: str) -> int:
+    """A whole number of seconds, at least 1: a kernel timeout."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of seconds") from None
+    if seconds < 1:
+        raise ValueError(f"{seconds} s is not a timeout: at least 1")
+    return seconds
+
+
 def parse_log_level(text: str) -> str:
     """A logging level name: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     level = text.upper()
@@ -187,6 +198,20 @@ SETTINGS = (
         "router: the LAN host inbound and hairpinned UDP goes to (compose: client-lan's address)",
         parse_ipv4_host,
     ),
+    Setting(
+        "SOCKLAB_ROUTER_UDP_TIMEOUT",
+        "router_udp_timeout",
+        "30",
+        "router: seconds an idle UDP mapping lives (compose sets its net.netfilter.nf_conntrack_udp_timeout)",
+        parse_seconds,
+    ),
+    Setting(
+        "SOCKLAB_ROUTER_UDP_STREAM_TIMEOUT",
+        "router_udp_stream_timeout",
+        "120",
+        "router: the same once a UDP flow has run both ways for 2 s (nf_conntrack_udp_timeout_stream)",
+        parse_seconds,
+    ),
     Setting("SOCKLAB_LOG", "log_level", "INFO", "log level", parse_log_level),
 )
 
@@ -216,6 +241,8 @@ class Config:
     lan_subnet: ipaddress.IPv4Network
     lan6_subnet: ipaddress.IPv6Network | None
     dmz: ipaddress.IPv4Address | None
+    router_udp_timeout: int
+    router_udp_stream_timeout: int
     log_level: str
 
 

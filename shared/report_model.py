@@ -260,6 +260,63 @@ class StunTransaction:
 
 
 @dataclass(frozen=True)
+class LifetimeProbe:
+    """One fresh mapping left idle, then asked for (RFC 5780 section 4.6): did the answer still get in?"""
+
+    idle: float
+    local: Address
+    mapped: Address
+    alive: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        """The probe as natcheck's JSON carries it."""
+        return {"idle": self.idle, "local": list(self.local), "mapped": list(self.mapped), "alive": self.alive}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> LifetimeProbe:
+        """Check and read a probe."""
+        probe = require_map(obj, "lifetime probe")
+        return cls(
+            idle=float(typed(probe, "idle", (int, float), "lifetime probe")),
+            local=_address(probe.get("local"), "lifetime probe local"),
+            mapped=_address(probe.get("mapped"), "lifetime probe mapped"),
+            alive=typed(probe, "alive", bool, "lifetime probe"),
+        )
+
+
+@dataclass(frozen=True)
+class MappingLifetime:
+    """How long an idle UDP mapping lived (RFC 4787 REQ-5): the longest idle one survived, the shortest it did not."""
+
+    survived: float
+    expired: float | None
+    probes: tuple[LifetimeProbe, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """natcheck's added keys: the lifetime in seconds (nil: it outlived the search's bound), and the evidence."""
+        return {
+            "mapping_lifetime": self.expired,
+            "mapping_lifetime_survived": self.survived,
+            "mapping_lifetime_probes": [probe.to_wire() for probe in self.probes],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> MappingLifetime | None:
+        """Read natcheck's lifetime keys; None when it was not measured."""
+        if obj.get("mapping_lifetime_survived") is None:
+            return None
+        probes = obj.get("mapping_lifetime_probes", [])
+        if not isinstance(probes, list):
+            raise ValueError("natcheck 'mapping_lifetime_probes' must be a list")
+        expired = optional(obj, "mapping_lifetime", (int, float), "natcheck")
+        return cls(
+            survived=float(typed(obj, "mapping_lifetime_survived", (int, float), "natcheck")),
+            expired=None if expired is None else float(expired),
+            probes=tuple(LifetimeProbe.from_wire(probe) for probe in probes),
+        )
+
+
+@dataclass(frozen=True)
 class NatCheckResult:
     """What RFC 5780's tests found about the NAT in front of one host (natcheck's summary)."""
 
@@ -272,9 +329,11 @@ class NatCheckResult:
     server: Address
     other_address: Address | None
     tests: tuple[StunTransaction, ...] = ()
+    lifetime: MappingLifetime | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The summary as `socklab natcheck --json` prints it and its record's extra carries it."""
+        lifetime = self.lifetime.to_wire() if self.lifetime else {}
         return {
             "mapping": str(self.mapping),
             "filtering": str(self.filtering),
@@ -285,6 +344,7 @@ class NatCheckResult:
             "server": _address_to_wire(self.server),
             "other_address": _address_to_wire(self.other_address),
             "tests": [test.to_wire() for test in self.tests],
+            **lifetime,
         }
 
     @classmethod
@@ -304,6 +364,7 @@ class NatCheckResult:
             server=_address(result.get("server"), "natcheck server"),
             other_address=_optional_address(result.get("other_address"), "natcheck other_address"),
             tests=tuple(StunTransaction.from_wire(test) for test in tests),
+            lifetime=MappingLifetime.from_wire(result),
         )
 
 

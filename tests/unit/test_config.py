@@ -40,6 +40,7 @@ def test_defaults_are_the_compose_stacks() -> None:
     assert cfg.lan_subnet == ipaddress.IPv4Network("192.168.50.0/24")
     assert cfg.lan6_subnet == ipaddress.IPv6Network("fd00:50::/64")
     assert (cfg.dmz, cfg.log_level) == (None, "INFO")
+    assert (cfg.router_udp_timeout, cfg.router_udp_stream_timeout) == (30, 120)
 
 
 def test_every_variable_is_read_and_parsed() -> None:
@@ -65,6 +66,8 @@ def test_every_variable_is_read_and_parsed() -> None:
         "SOCKLAB_LAN_SUBNET": "10.1.0.0/16",
         "SOCKLAB_LAN6_SUBNET": "",
         "SOCKLAB_DMZ": "10.1.0.20",
+        "SOCKLAB_ROUTER_UDP_TIMEOUT": "5",
+        "SOCKLAB_ROUTER_UDP_STREAM_TIMEOUT": "11",
         "SOCKLAB_LOG": "debug",
     }
     assert sorted(env) == sorted(s.variable for s in SETTINGS), "this test sets every declared variable"
@@ -81,6 +84,7 @@ def test_every_variable_is_read_and_parsed() -> None:
     assert (cfg.nat_mode, cfg.nat_filter, cfg.nat_hairpin) == (NatMode.SYMMETRIC, Behaviour.ENDPOINT_INDEPENDENT, True)
     assert (cfg.lan_subnet, cfg.lan6_subnet) == (ipaddress.IPv4Network("10.1.0.0/16"), None)
     assert (cfg.dmz, cfg.log_level) == (ipaddress.IPv4Address("10.1.0.20"), "DEBUG")
+    assert (cfg.router_udp_timeout, cfg.router_udp_stream_timeout) == (5, 11)
 
 
 def test_every_config_field_is_declared_once() -> None:
@@ -106,6 +110,8 @@ def test_every_config_field_is_declared_once() -> None:
         ("SOCKLAB_LAN6_SUBNET", "192.168.50.0/24", "IPv6"),
         ("SOCKLAB_DMZ", "client-lan", "IPv4"),
         ("SOCKLAB_LOG", "LOUD", "not a log level"),
+        ("SOCKLAB_ROUTER_UDP_TIMEOUT", "0", "0 s is not a timeout: at least 1"),
+        ("SOCKLAB_ROUTER_UDP_STREAM_TIMEOUT", "2.5", "'2.5' is not a whole number of seconds"),
         ("SOCKLAB_COLLECTOR", "", "must not be empty"),
     ],
 )
