@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import zmq
 
-from services.health import mark_ready, wait_ready
 from shared.config import load_config
 from shared.echo_protocol import (
     MAX_DATAGRAM,
@@ -40,6 +39,7 @@ from shared.echo_protocol import (
 )
 from shared.framing import recv_frame
 from shared.names import Name, address_family, format_name, name_to_wire, parse_hostport, route_source
+from shared.readiness import mark_ready, wait_ready
 from shared.record import Family, Proto, Role, new_flow_id
 from shared.registry_protocol import Registration, lookup, register
 from shared.reporter import Reporter

@@ -25,13 +25,13 @@ from typing import Any
 import zmq
 
 from services.flows import join_flows
-from services.health import mark_ready
 from services.paths import Evidence
 from services.report import render_page
 from shared.collector_protocol import QueryOp, pack_reply, unpack_query
 from shared.config import load_config
 from shared.fields import optional, typed
 from shared.names import json_name
+from shared.readiness import mark_ready
 from shared.record import ConntrackEvent, DockerBinding, Observation, Record, unpack_record
 from shared.report_model import Flow, NatCheck, NatCheckResult, Report
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from services.health import mark_ready
 from shared.config import load_config
 from shared.echo_protocol import (
     MAX_DATAGRAM,
@@ -26,6 +25,7 @@ from shared.echo_protocol import (
     unpack_hello,
 )
 from shared.names import arrival_address, create_dual_stack_socket, enable_pktinfo, pktinfo_space
+from shared.readiness import mark_ready
 from shared.record import Role
 from shared.registry_protocol import register
 from shared.reporter import Reporter

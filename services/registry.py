@@ -20,11 +20,11 @@ from typing import Any
 
 import zmq
 
-from services.health import mark_ready
 from services.stun_server import StunResponder
 from shared.config import load_config
 from shared.framing import pack_frame
 from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire
+from shared.readiness import mark_ready
 from shared.record import Family, Role
 from shared.registry_protocol import Registration, RegistryOp, lookup
 from shared.reporter import Reporter

@@ -25,7 +25,6 @@ from typing import Any
 import zmq
 
 from services.conntrack_events import follow_conntrack
-from services.health import READY_DIR, mark_ready
 from shared.config import (
     argument_type,
     load_config,
@@ -38,6 +37,7 @@ from shared.config import (
 )
 from shared.names import parse_hostport, route_source
 from shared.nat import ROUTER_FILTERS, Behaviour, NatMode
+from shared.readiness import READY_DIR, mark_ready
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services import health
+from shared import readiness
 
 pytestmark = pytest.mark.unit
 
@@ -18,15 +19,15 @@ USAGE = "usage: socklab [-h] {echo,registry,client,collector,router,report,healt
 
 
 def test_a_service_is_ready_once_it_says_so_and_says_with_what(tmp_path: Path) -> None:
-    assert health.not_ready(["echo", "router"], tmp_path) == ["echo", "router"]
-    health.mark_ready("echo", "listening on port 7007", tmp_path)
-    assert health.not_ready(["echo", "router"], tmp_path) == ["router"]
+    assert readiness.not_ready(["echo", "router"], tmp_path) == ["echo", "router"]
+    readiness.mark_ready("echo", "listening on port 7007", tmp_path)
+    assert readiness.not_ready(["echo", "router"], tmp_path) == ["router"]
     assert (tmp_path / "echo").read_text() == "listening on port 7007\n"
 
 
 def test_waiting_ends_when_the_last_service_is_ready(tmp_path: Path) -> None:
-    health.mark_ready("collector", "bound", tmp_path)
-    later = threading.Timer(0.3, health.mark_ready, ("echo", "registered", tmp_path))
+    readiness.mark_ready("collector", "bound", tmp_path)
+    later = threading.Timer(0.3, readiness.mark_ready, ("echo", "registered", tmp_path))
     later.start()
     started = time.monotonic()
     health.main(["collector", "echo", "--timeout", "5", "--directory", str(tmp_path)])
@@ -35,7 +36,7 @@ def test_waiting_ends_when_the_last_service_is_ready(tmp_path: Path) -> None:
 
 
 def test_waiting_in_vain_fails_naming_who_is_not_ready(tmp_path: Path) -> None:
-    health.mark_ready("collector", "bound", tmp_path)
+    readiness.mark_ready("collector", "bound", tmp_path)
     with pytest.raises(SystemExit, match=r"^socklab health: not ready after 0.2 s: echo, client-lan$"):
         health.main(["collector", "echo", "client-lan", "--timeout", "0.2", "--directory", str(tmp_path)])
 
