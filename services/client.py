@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter.report_topology()
     failures = 0
     try:
         wait_ready(args.after, timeout=60)

@@ -2,37 +2,35 @@
 
 Sockets (the stable side binds):
   PULL on SOCKLAB_INGEST_PORT: msgpack records (shared.record); a bad one is counted, logged, kept out.
-  REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "records" | "flow"}.
+  REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "flows" | "records" | "flow"}.
 Records of other kinds (the router's conntrack events, the Docker host's bindings) are stored the same
 way and are the evidence each flow's path is traced from (services.paths).
 Every accepted record is appended to an append-only store before it is indexed, so a restart
-replays the store and loses nothing stored.
+replays the store and loses nothing stored. Flows and counts are indexed as records arrive
+(services.flow_index), so a query or a page costs what it shows. Topology records (where each service
+runs) are kept per host, newest only, for the page's picture (services.picture).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import struct
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import zmq
 
-from services.flows import join_flows
-from services.paths import Evidence
-from services.report import render_page
-from shared.collector_protocol import QueryOp, pack_reply, unpack_query
+from services.flow_index import FlowIndex
+from services.page_server import serve_page
+from shared.collector_protocol import FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
 from shared.fields import optional, typed
-from shared.names import json_name
 from shared.readiness import mark_ready
-from shared.record import ConntrackEvent, DockerBinding, Observation, Record, unpack_record
+from shared.record import ConntrackEvent, DockerBinding, Observation, Record, Topology, unpack_record
 from shared.report_model import Flow, NatCheck, NatCheckResult, Report
 
 log = logging.getLogger(__name__)
@@ -112,6 +110,13 @@ class Collector:
         self.conntrack: list[ConntrackEvent] = []
         self.bindings: list[DockerBinding] = []
         self.natchecks: list[NatCheck] = []
+        self.index = FlowIndex()
+        self.topologies: dict[str, Topology] = {}
+        self.topology_changes = 0
+        self.lock = threading.Lock()  # the page's threads read what the ingest loop writes
+        self.methods: Counter[str] = Counter()
+        self.drops: dict[str, int] = {}
+        self.service_rejects: Counter[str] = Counter()
         self.rejected = 0
         self.bad_queries = 0
         for raw in store.replay():
@@ -140,37 +145,58 @@ class Collector:
         return True
 
     def keep(self, record: Record, natcheck: NatCheck | None) -> None:
-        """Index one checked record by its kind, and the NAT check it carries."""
-        if isinstance(record, ConntrackEvent):
-            self.conntrack.append(record)
-        elif isinstance(record, DockerBinding):
-            self.bindings.append(record)
+        """Index one checked record by its kind, its counts and the NAT check it carries; a host's new topology
+        replaces its old."""
+        with self.lock:
+            if isinstance(record, Topology):
+                self.topologies.pop(record.host, None)
+                self.topologies[record.host] = record
+                self.topology_changes += 1
+                return
+            if isinstance(record, ConntrackEvent):
+                self.conntrack.append(record)
+            elif isinstance(record, DockerBinding):
+                self.bindings.append(record)
+            else:
+                self.observations.append(record)
+                self.methods[str(record.method)] += 1
+                self.drops[record.service] = max(self.drops.get(record.service, 0), record.drops)
+                if "rejected" in record.extra:
+                    self.service_rejects[record.service] += 1
+            if natcheck is not None:
+                self.natchecks.append(natcheck)
+        if isinstance(record, Observation):
+            self.index.add(record)
         else:
-            self.observations.append(record)
-        if natcheck is not None:
-            self.natchecks.append(natcheck)
+            self.index.add_evidence(record)
 
     def flows(self) -> list[Flow]:
-        """Every flow joined, judged and traced through the evidence held."""
-        return join_flows(self.observations, Evidence(self.conntrack, self.bindings))
+        """Every flow joined, judged and traced through the evidence held (from the index: only changes are joined)."""
+        return self.index.flows()
 
-    def report(self) -> Report:
-        """Everything a reader needs: joined flows, per-method counts, rejects, drops and NAT checks."""
-        drops: dict[str, int] = {}
-        rejects: Counter[str] = Counter()
-        for obs in self.observations:
-            drops[obs.service] = max(drops.get(obs.service, 0), obs.drops)
-            if "rejected" in obs.extra:
-                rejects[obs.service] += 1
-        return Report(
-            flows=tuple(self.flows()),
-            methods=dict(Counter(str(obs.method) for obs in self.observations)),
-            records=len(self.observations),
-            rejected=self.rejected,
-            service_rejects=dict(rejects),
-            drops=drops,
-            natchecks=tuple(self.natchecks),
-        )
+    def report(self, query: FlowQuery | None = None) -> Report:
+        """Everything a reader needs: joined flows (those the query selects), counts, rejects, drops, NAT checks."""
+        flows = self.index.flows()
+        with self.lock:
+            return Report(
+                flows=tuple(query.select(flows) if query else flows),
+                methods=dict(self.methods),
+                records=len(self.observations),
+                rejected=self.rejected,
+                service_rejects=dict(self.service_rejects),
+                drops=dict(self.drops),
+                natchecks=tuple(self.natchecks),
+            )
+
+    def hosts(self) -> list[Topology]:
+        """The newest topology each host reported, for the page's picture."""
+        with self.lock:
+            return list(self.topologies.values())
+
+    def changed_flows(self, query: FlowQuery) -> tuple[int, list[Flow]]:
+        """The flows the query selects among those changed after its cursor, and the cursor to ask from next."""
+        cursor, changed = self.index.changed_since(query.since)
+        return cursor, query.select(changed)
 
     def answer(self, raw: bytes) -> dict[str, Any]:
         """Answer one query; a bad query gets an error reply, never silence."""
@@ -179,7 +205,10 @@ class Collector:
             if op == QueryOp.PING:
                 return {"ok": True, "records": len(self.observations)}
             if op == QueryOp.REPORT:
-                return {"ok": True, **self.report().to_wire()}
+                return {"ok": True, **self.report(FlowQuery.from_wire(query)).to_wire()}
+            if op == QueryOp.FLOWS:
+                cursor, flows = self.changed_flows(FlowQuery.from_wire(query))
+                return {"ok": True, "cursor": cursor, "flows": [flow.to_wire() for flow in flows]}
             if op == QueryOp.FLOW:
                 wanted = typed(query, "flow", str, "flow query")
                 return {"ok": True, "flow": find_flow(self.flows(), wanted).to_wire()}
@@ -225,40 +254,6 @@ def serve(collector: Collector, pull: zmq.Socket, rep: zmq.Socket, stop: threadi
     finally:
         pull.close(linger=0)
         rep.close(linger=0)
-
-
-class ReportPage(BaseHTTPRequestHandler):
-    """The live page for people (/) and the same report as JSON (/report.json)."""
-
-    collector: Collector
-
-    def do_GET(self) -> None:
-        """Answer / with the page and /report.json with the report."""
-        report = self.collector.report()
-        if self.path == "/report.json":
-            body, kind = json.dumps(report.to_wire(), default=json_name).encode(), "application/json"
-        elif self.path == "/":
-            body, kind = render_page(report).encode(), "text/html; charset=utf-8"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep browser polling out of the collector's log unless debugging."""
-        log.debug(format, *args)
-
-
-def serve_page(collector: Collector, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve the live page from a thread of its own; the ingest loop never waits on a browser."""
-    handler = type("Page", (ReportPage,), {"collector": collector})
-    server = ThreadingHTTPServer((host, port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter.report_topology()
     server = EchoServer(reporter, args.port, args.unix or None)
     ports = {"tcp": server.port, "udp": server.port, "unix": args.unix}
     for address in cfg.registries:

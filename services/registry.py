@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     context = zmq.Context()
     reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter.report_topology()
     if args.lookup:
         try:
             print(json.dumps([entry.to_wire() for entry in lookup(cfg.registries[0], args.lookup, reporter)]))

@@ -27,6 +27,10 @@ Other kinds of record carry a "kind" key (a socket observation has none, so its 
                     the router read the event from the kernel);
   "docker-binding": one published port as the Docker host serves it (DockerBinding), reported from the
                     host because the collector has no Docker socket.
+  "topology":       where a service runs (Topology), said once at start (shared.host_topology reads
+                    `ip -j addr` and `ip -j route`): container (bool, /.dockerenv), interfaces
+                    [{name, addresses: ["address/prefix"]}] (global addresses), routes [{destination
+                    (a prefix; default is 0.0.0.0/0 or ::/0), gateway (nil on-link), device}].
 Each has v, time, service, host and drops like an observation, and its own checked fields.
 """
 
@@ -177,6 +181,7 @@ class RecordKind(StrEnum):
     OBSERVATION = "observation"
     CONNTRACK = "conntrack"
     DOCKER_BINDING = "docker-binding"
+    TOPOLOGY = "topology"
 
 
 class ConntrackEventType(StrEnum):
@@ -372,10 +377,106 @@ class DockerBinding:
         )
 
 
-Record: TypeAlias = Observation | ConntrackEvent | DockerBinding
-RECORD_TYPES: dict[str, type[ConntrackEvent] | type[DockerBinding]] = {
+@dataclass(frozen=True)
+class Interface:
+    """One network interface of a service's host and its global addresses ("198.51.100.10/24")."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The interface as a topology record carries it."""
+        return {"name": self.name, "addresses": list(self.addresses)}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Interface:
+        """Check an interface: a name and addresses with their prefix lengths."""
+        interface = require_map(obj, "topology interface")
+        addresses = typed(interface, "addresses", list, "topology interface")
+        for address in addresses:
+            if not isinstance(address, str):
+                raise ValueError(f"topology interface address {address!r} is not a string")
+            try:
+                ipaddress.ip_interface(address)
+            except ValueError:
+                raise ValueError(f"topology interface address {address!r} is not address/prefix") from None
+        return cls(typed(interface, "name", str, "topology interface"), tuple(addresses))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of a service's host: where packets for a prefix go, through which gateway if any."""
+
+    destination: str
+    gateway: str | None
+    device: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """The route as a topology record carries it."""
+        return {"destination": self.destination, "gateway": self.gateway, "device": self.device}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Route:
+        """Check a route: a prefix, and a gateway address or nil."""
+        route = require_map(obj, "topology route")
+        destination = typed(route, "destination", str, "topology route")
+        gateway = optional(route, "gateway", str, "topology route")
+        try:
+            ipaddress.ip_network(destination, strict=False)
+            if gateway is not None:
+                ipaddress.ip_address(gateway)
+        except ValueError as exc:
+            raise ValueError(f"topology route: {exc}") from None
+        return cls(destination, gateway, typed(route, "device", str, "topology route"))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a service says about where it runs: its interfaces, addresses and routes."""
+
+    service: str
+    host: str
+    container: bool
+    interfaces: tuple[Interface, ...]
+    routes: tuple[Route, ...]
+    time: float = field(default_factory=time.time)
+    drops: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """The topology record's map."""
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": str(RecordKind.TOPOLOGY),
+            "time": self.time,
+            "service": self.service,
+            "host": self.host,
+            "drops": self.drops,
+            "container": self.container,
+            "interfaces": [interface.to_wire() for interface in self.interfaces],
+            "routes": [route.to_wire() for route in self.routes],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> Topology:
+        """Check and read a topology record; anything malformed raises ValueError saying what is wrong."""
+        what = "topology record"
+        moment, service, host, drops = header(obj, what)
+        return cls(
+            service=service,
+            host=host,
+            container=typed(obj, "container", bool, "topology record"),
+            interfaces=tuple(Interface.from_wire(i) for i in typed(obj, "interfaces", list, "topology record")),
+            routes=tuple(Route.from_wire(r) for r in typed(obj, "routes", list, "topology record")),
+            time=moment,
+            drops=drops,
+        )
+
+
+Record: TypeAlias = Observation | ConntrackEvent | DockerBinding | Topology
+RECORD_TYPES: dict[str, type[ConntrackEvent] | type[DockerBinding] | type[Topology]] = {
     RecordKind.CONNTRACK: ConntrackEvent,
     RecordKind.DOCKER_BINDING: DockerBinding,
+    RecordKind.TOPOLOGY: Topology,
 }
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import replace
 from typing import Any
 
 import zmq
 
+from shared.host_topology import read_topology
 from shared.names import Name
 from shared.record import Family, Method, Observation, Proto, Record, Role, pack_record
 
@@ -44,6 +46,10 @@ class Reporter:
             return False
         self.sent += 1
         return True
+
+    def report_topology(self) -> bool:
+        """Say once, at start, where this service runs: its interfaces, addresses and routes."""
+        return self.report(replace(read_topology(self.service, self.host), drops=self.dropped))
 
     def observe(
         self,

@@ -14,12 +14,11 @@ import pytest
 import zmq
 
 from services.collector import Collector, Store, serve_page
-from services.report import format_table, render_page
+from services.report import format_table
 from shared.collector_protocol import query_collector
-from shared.names import json_name
 from shared.nat import Behaviour
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation
-from shared.report_model import FlowVerdict, NatCheckResult, Report, StunTransaction
+from shared.report_model import Flow, FlowVerdict, NatCheckResult, Report, StunTransaction
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
 
@@ -134,6 +133,46 @@ def test_a_bad_query_gets_an_error_and_the_next_is_answered(
     assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"]
 
 
+def test_flows_query_answers_only_what_changed_after_its_cursor(
+    live_collector: LiveCollector, zmq_context: zmq.Context
+) -> None:
+    def ask(**query: Any) -> tuple[int, list[Flow]]:
+        reply = query_collector(zmq_context, live_collector.query, {"op": "flows", **query})
+        return reply["cursor"], [Flow.from_wire(flow) for flow in reply["flows"]]
+
+    collector = live_collector.collector
+    collector.ingest(GOOD[0])
+    cursor, [first] = ask()
+    assert (cursor, first.flow, first.verdict) == (1, "f1", FlowVerdict.UNMATCHED)
+    assert ask(since=cursor) == (1, []), "nothing new, nothing sent"
+    collector.ingest(observation("f2", Role.CLIENT, "connect", remote=("192.0.2.1", 1)))
+    collector.ingest(GOOD[1])
+    collector.ingest(GOOD[2])
+    cursor, changed = ask(since=cursor)
+    assert cursor == 3 and [(f.flow, f.verdict) for f in changed] == [("f2", "unmatched"), ("f1", "snat")]
+    assert ask(since=1, verdict="snat")[1] == [collector.report().flow("f1")]
+    assert ask(since=0, last=1)[1] == [collector.report().flow("f1")], "the newest change"
+    assert ask(since=0, last=0) == (3, [])
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ({"op": "flows", "since": "1"}, "query 'since' has type str"),
+        ({"op": "flows", "since": -1}, "query 'last' and 'since' must not be negative"),
+        ({"op": "flows", "last": True}, "query 'last' has type bool"),
+        ({"op": "report", "verdict": [1]}, "query 'verdict' must be a word or a list of words"),
+        ({"op": "report", "search": b"x"}, "query 'search' has type bytes"),
+    ],
+)
+def test_a_bad_filter_is_a_counted_error(
+    live_collector: LiveCollector, zmq_context: zmq.Context, query: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(RuntimeError, match=f"collector said: {error}"):
+        query_collector(zmq_context, live_collector.query, query)
+    assert live_collector.collector.bad_queries == 1
+
+
 def test_garbage_over_zeromq_is_counted(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
     push = zmq_socket(zmq.PUSH)
     push.connect(live_collector.ingest)
@@ -213,7 +252,7 @@ def test_a_record_whose_extras_would_break_the_report_is_rejected_and_counted(
     assert error in caplog.text
     report = collector.report()
     assert report.natchecks == () and Report.from_wire(json.loads(json.dumps(report.to_wire()))) == report
-    assert format_table(report) and render_page(report)
+    assert format_table(report)
     collector.store.close()
 
 
@@ -243,27 +282,3 @@ def test_abstract_unix_names_reach_json_as_at_names(tmp_path: Path) -> None:
         server.server_close()
         collector.store.close()
     assert served["flows"][0]["client"]["peername"] == "@socklab"
-
-
-def test_live_page_escapes_names_and_serves_json(tmp_path: Path) -> None:
-    collector = Collector(Store(str(tmp_path / "r.bin")))
-    script = "<script>x</script>"
-    hostile = pack_observation(
-        Observation(script, "h", "f2", Role.CLIENT, Proto.UNIX, Family.UNIX, Method.GETPEERNAME, remote="<b>")
-    )
-    for raw in [*GOOD, hostile]:
-        collector.ingest(raw)
-    server = serve_page(collector, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
-        served = json.loads(urllib.request.urlopen(f"{base}/report.json", timeout=5).read())
-        with pytest.raises(urllib.error.HTTPError, match="404"):
-            urllib.request.urlopen(f"{base}/nothing", timeout=5)
-    finally:
-        server.shutdown()
-        server.server_close()
-        collector.store.close()
-    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
-    assert '<td class="snat">snat, port kept</td>' in page
-    assert served == json.loads(json.dumps(collector.report().to_wire(), default=json_name))

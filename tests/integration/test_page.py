@@ -1,0 +1,140 @@
+"""The live page in a real browser (Debian's headless Chromium through Selenium) against the test stack.
+
+It finds one drawn flow per flow the collector holds, with its verdict as a class; sees a new client
+run appear without a reload; filters; shows a hostile service name as text; and saves screenshots
+under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from shared.record import Family, Method, Observation, Proto, Role, new_flow_id
+from shared.report_model import FlowVerdict
+from shared.reporter import Reporter
+from shared.stack import CHECKOUT, Stack
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = CHECKOUT / "test-artifacts"
+HOSTILE = "<img src=x onerror=alert(1)>"
+DRAWN = (
+    "return Array.from(document.querySelectorAll('#picture [data-flow]'),"
+    " e => [e.dataset.flow, e.getAttribute('class')])"
+)
+WATCH = "window.socklabLoaded = performance.timeOrigin; window.alert = () => { window.alerted = 1; }"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "no chromium/chromedriver: `make browser` installs Debian's (make test does)"
+    options = Options()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1300"):
+        options.add_argument(argument)
+    options.binary_location = chromium
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def drawn(browser: WebDriver) -> dict[str, list[str]]:
+    """Each drawn flow's classes, by flow id; fails if a flow is drawn twice."""
+    pairs = browser.execute_script(DRAWN)
+    ids = [flow for flow, _ in pairs]
+    assert len(ids) == len(set(ids)), "a flow drawn twice"
+    return {flow: classes.split() for flow, classes in pairs}
+
+
+def choose(browser: WebDriver, name: str, value: str) -> None:
+    Select(browser.find_element(By.CSS_SELECTOR, f"#filters select[name={name}]")).select_by_value(value)
+
+
+def screenshot(browser: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(path)), f"no screenshot at {path}"
+    return path
+
+
+def test_the_page_draws_every_flow_live_filters_and_escapes(stack: Stack, browser: WebDriver) -> None:
+    browser.get(f"http://127.0.0.1:{stack.published_port('collector', '8080/tcp')}/")
+    browser.execute_script(
+        "window.socklabLoaded = performance.timeOrigin; window.alert = () => { window.alerted = 1; }"
+    )
+    choose(browser, "size", "2000")
+
+    def every_flow_drawn() -> bool:
+        report, page = stack.report(), drawn(browser)
+        return set(page) == {f.flow for f in report.flows} and all(str(f.verdict) in page[f.flow] for f in report.flows)
+
+    wait_for(every_flow_drawn, "one drawn flow per flow the collector holds, classed by its verdict", timeout=15)
+    assert {"snat", "direct"} <= {c for classes in drawn(browser).values() for c in classes}
+
+    outcomes = stack.run_client("client-lan", "--scenario", "tcp", "--scenario", "udp")
+    flows = [stack.wait_for_flow(o["flow"]) for o in outcomes]
+    stored = time.monotonic()
+    wait_for(lambda: all("snat" in drawn(browser).get(f.flow, []) for f in flows), "the new flows drawn", timeout=5)
+    seen_after = time.monotonic() - stored
+    assert seen_after < 2.0, f"new flows took {seen_after:.2f} s to appear"
+    assert browser.execute_script("return window.socklabLoaded === performance.timeOrigin"), "the page never reloaded"
+
+    browser.find_element(By.CSS_SELECTOR, f"#flows tr[data-row='{flows[0].flow}']").click()
+    detail = browser.find_element(By.ID, "detail").text
+    assert f"flow {flows[0].flow}" in detail and "client sees" in detail and "server sees" in detail
+    shot = screenshot(browser, "page.png")
+
+    choose(browser, "verdict", "snat")
+    snat = {f.flow for f in stack.report().flows if f.verdict == FlowVerdict.SNAT}
+    wait_for(lambda: set(drawn(browser)) == snat, "only snat flows drawn under the snat filter")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#flows tbody tr")
+    assert {row.get_attribute("data-row") for row in rows} == snat
+    choose(browser, "verdict", "")
+
+    context = zmq.Context()
+    try:
+        reporter = Reporter(context, stack.ingest_endpoint(), HOSTILE)
+        hostile = Observation(
+            HOSTILE,
+            HOSTILE,
+            new_flow_id(),
+            Role.CLIENT,
+            Proto.TCP,
+            Family.IPV4,
+            Method.CONNECT,
+            remote=(HOSTILE, 7007),
+            extra={"scenario": HOSTILE},
+        )
+        assert reporter.report(hostile)
+        reporter.close()
+    finally:
+        context.term()
+    wait_for(lambda: hostile.flow in drawn(browser), "the hostile record drawn")
+    search = browser.find_element(By.CSS_SELECTOR, "#filters input[name=search]")
+    search.send_keys("onerror")
+    row = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, f"#flows tr[data-row='{hostile.flow}']"), "the hostile row"
+    )[0]
+    assert row.find_elements(By.TAG_NAME, "td")[0].text == HOSTILE, "the scenario is shown as the text it is"
+    assert HOSTILE in row.text and not browser.find_elements(By.TAG_NAME, "img"), "no markup made from a record"
+    option = browser.find_element(By.CSS_SELECTOR, "#filters select[name=service]").find_elements(By.TAG_NAME, "option")
+    assert HOSTILE in [o.text for o in option]
+    assert browser.execute_script("return window.alerted") is None, "nothing in a record ran"
+    screenshot(browser, "page-escaped.png")
+    assert shot.stat().st_size > 10_000

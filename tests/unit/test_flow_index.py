@@ -1,0 +1,37 @@
+"""The flow index: a flow is joined again only when its records or the evidence naming it change."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.flow_index import FlowIndex
+from services.flows import join_flows
+from services.paths import Evidence
+from tests.unit.test_paths import binding, event, tcp_flow
+
+pytestmark = pytest.mark.unit
+
+
+def test_evidence_after_the_join_gives_the_flow_its_path_and_a_new_cursor() -> None:
+    index = FlowIndex()
+    for obs in tcp_flow():
+        index.add(obs)
+    cursor, [before] = index.changed_since(0)
+    assert before.path == () and cursor == 1
+    index.add_evidence(event(original=(("10.0.0.1", 1), ("10.0.0.2", 2)), reply=(("10.0.0.2", 2), ("10.0.0.1", 1))))
+    assert index.changed_since(cursor) == (1, []), "evidence about other names changes nothing"
+    index.add_evidence(event())
+    cursor, [after] = index.changed_since(cursor)
+    assert cursor == 2 and after == join_flows(tcp_flow(), Evidence([event()]))[0] and after.path
+    index.add(tcp_flow()[0])
+    assert index.changed_since(cursor) == (2, []), "a record that changes nothing is not news"
+
+
+def test_a_binding_rejoins_every_flow_and_flows_keep_first_seen_order() -> None:
+    index = FlowIndex()
+    for obs in tcp_flow():
+        index.add(obs)
+    index.flows()
+    index.add_evidence(binding())
+    assert [f.flow for f in index.flows()] == ["f"]
+    assert index.flows() == join_flows(tcp_flow(), Evidence([], [binding()]))
