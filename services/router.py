@@ -202,6 +202,7 @@ def stream_conntrack(endpoint: str, service: str) -> None:
     """Stream conntrack events to the collector from a thread of its own, through its own Reporter."""
     context = zmq.Context()
     reporter = Reporter(context, endpoint, service)
+    reporter.report_topology()  # before the thread takes the socket over
     threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / "router")), daemon=True).start()
 
 
