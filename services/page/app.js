@@ -4,7 +4,6 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const VERDICTS = ["direct", "snat", "dnat", "proxied", "unmatched"];
 const POLL_MS = 400;
 const BAND_GAP = 120;
 const COLUMN = 180;
@@ -37,7 +36,8 @@ function svg(tag, attrs, text) {
 }
 
 function verdictOf(flow) {
-  return VERDICTS.includes(flow.verdict) ? flow.verdict : "unmatched";
+  // the verdict as a class name: any verdict word the collector may add (hairpin, ...), never other text
+  return /^[a-z][a-z-]*$/.test(String(flow.verdict)) ? flow.verdict : "unmatched";
 }
 
 function formatName(name) {
@@ -207,7 +207,7 @@ function drawPicture(flowsShown) {
   const bundles = new Map();
   for (const flow of flowsShown) {
     const stops = (flow.line || []).map((id) => plan.where.get(id)).filter(Boolean);
-    if (!stops.length) continue;
+    if (!stops.length) stops.push({ x: 20, y: plan.height - 20 }); // its hosts not yet in the picture: a stub
     const key = (flow.line || []).join(">");
     const n = bundles.get(key) || 0;
     bundles.set(key, n + 1);

@@ -80,11 +80,22 @@ def test_the_page_draws_every_flow_live_filters_and_escapes(stack: Stack, browse
     )
     choose(browser, "size", "2000")
 
+    differences: list[str] = []
+
     def every_flow_drawn() -> bool:
         report, page = stack.report(), drawn(browser)
-        return set(page) == {f.flow for f in report.flows} and all(str(f.verdict) in page[f.flow] for f in report.flows)
+        differences[:] = [
+            f"{f.flow} {f.verdict}: {page.get(f.flow)}"
+            for f in report.flows
+            if str(f.verdict) not in page.get(f.flow, [])
+        ]
+        differences.extend(f"{flow} drawn, not held" for flow in set(page) - {f.flow for f in report.flows})
+        return not differences
 
-    wait_for(every_flow_drawn, "one drawn flow per flow the collector holds, classed by its verdict", timeout=15)
+    try:
+        wait_for(every_flow_drawn, "one drawn flow per flow the collector holds, classed by its verdict", timeout=15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; differences: {differences[:10]}") from None
     assert {"snat", "direct"} <= {c for classes in drawn(browser).values() for c in classes}
 
     outcomes = stack.run_client("client-lan", "--scenario", "tcp", "--scenario", "udp")
