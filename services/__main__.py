@@ -19,6 +19,7 @@ COMMANDS = {
     "report": "services.report",
     "health": "services.health",
     "natcheck": "services.natcheck",
+    "cases": "services.cases",
     "config": "shared.config",
 }
 

@@ -1,22 +1,17 @@
 """socklab's own integration tests' extras on the one stack handle (shared.stack.Stack, from the pytest
-plugin's session): scripts run inside containers, LAN probes that act at once, comparing hosts and entries."""
+plugin's session): scripts run inside containers, comparing hosts and entries."""
 
 from __future__ import annotations
 
 import io
 import ipaddress
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-from testcontainers.core.container import DockerContainer
 
 from shared.conntrack import ConntrackEntry
 from shared.names import unmap_host
-from shared.stack import IMAGE, PROBE_LABEL, Stack
+from shared.stack import Stack
 
-GO_FILE = "/tmp/socklab-go"
 SCRIPTS = Path(__file__).parent / "scripts"
 SCRIPT_DIR = "/tmp"
 
@@ -43,23 +38,3 @@ def run_script(stack: Stack, service: str, script: str, *args: str) -> str:
         tar.addfile(info, io.BytesIO(data))
     assert stack.container(service).put_archive(SCRIPT_DIR, archive.getvalue()), f"{script} not copied"
     return stack.exec(service, "python3", f"{SCRIPT_DIR}/{path.name}", *args)
-
-
-@contextmanager
-def lan_probe(stack: Stack, command: str, name: str) -> Iterator[DockerContainer]:
-    """A throwaway socklab container behind the router (Stack.join); its command waits for release()."""
-    probe = (
-        DockerContainer(IMAGE)
-        .with_command(["sh", "-c", f"until [ -e {GO_FILE} ]; do sleep 0.05; done && exec {command}"])
-        .with_envs(**stack.reporting_env(name))
-        .with_kwargs(network=stack.network_name("lan"), labels={PROBE_LABEL: stack.project}, hostname=name)
-    )
-    with probe:
-        stack.join(probe, "lan")
-        yield probe
-
-
-def release(probe: DockerContainer) -> None:
-    """Let a probe's command start, so several probes can act at once."""
-    code, output = probe.get_wrapped_container().exec_run(["touch", GO_FILE])
-    assert code == 0, output
