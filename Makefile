@@ -11,7 +11,7 @@ INTEGRATION := -m "integration or socklab" tests/integration examples
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime
 
 up: image compose ## build the image, start the stack, wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
@@ -42,6 +42,12 @@ published: venv ## the host talks to echo's published ports: what does echo see?
 
 natcheck: compose ## classify the NAT in front of client-lan (RFC 5780)
 	@$(COMPOSE) exec -T client-lan socklab natcheck
+
+lifetime: compose ## how long an idle UDP mapping lives on the router (RFC 4787 REQ-5): takes about three lifetimes
+	@$(COMPOSE) exec -T client-lan socklab natcheck --lifetime $(if $(JSON),--json)
+
+cases: venv ## the Docker addressing cases, from this host: hairpin, stale-udp, collision (CASE=one of them)
+	@$(VENV)/bin/python -m services cases $(CASE)
 
 logs: compose
 	$(COMPOSE) logs --no-color

@@ -40,6 +40,10 @@ def format_case_flow(row: CaseFlow) -> str:
     seen = format_name(server.peername) if server else "(no answer)"
     lines = [f"  {row.step:34} {row.flow.proto:4} me {me:46} echo saw me as {seen:32} {row.flow.verdict}"]
     lines.append(f"      rewritten by: {row.rewriter}")
+    for hop in row.flow.path:
+        lines.append(
+            f"      path: {hop.by} {hop.kind} {format_name(hop.before)} -> {format_name(hop.after)} ({hop.rule})"
+        )
     for key, value in row.evidence.items():
         for item in value if isinstance(value, list) else [value]:
             lines.append(f"      {key}: {item}")

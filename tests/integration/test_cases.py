@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from services.case_collision import run_collision
@@ -11,9 +13,9 @@ from services.case_views import CaseFlow
 from shared.conntrack import ConntrackEntry, parse_conntrack
 from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.names import endpoint
-from shared.report_model import FlowVerdict
+from shared.report_model import FlowVerdict, Hop, HopKind
 from shared.stack import Stack
-from tests.helpers import ends, host_port
+from tests.helpers import ends, host_port, wait_for
 from tests.integration.stack import same_host
 
 pytestmark = pytest.mark.integration
@@ -85,6 +87,12 @@ def test_stale_udp_entry_outlives_echos_restart(stack: Stack) -> None:
     assert "1 flow entries have been deleted" in str(deleted.evidence["conntrack -D"])
 
 
+def traced_hops(stack: Stack, flow_id: str) -> tuple[Hop, ...]:
+    """A flow's path once the router's conntrack event has reached the collector."""
+    flow = stack.find_flow(flow_id)
+    return flow.path if flow is not None else ()
+
+
 def test_clients_behind_nat_on_one_source_port_are_remapped(stack: Stack) -> None:
     count, port = 4, 47100
     rows = run_collision(stack, count, port)
@@ -101,4 +109,8 @@ def test_clients_behind_nat_on_one_source_port_are_remapped(stack: Stack) -> Non
         assert host_port(server.peername)[1] == entry.reply_dport, "the server sees conntrack's mapped port"
         assert row.flow.port_preserved == (entry.reply_dport == port)
         preserved.append(row.flow.port_preserved)
+        hops = wait_for(partial(traced_hops, stack, row.flow.flow), f"the router's hop on {row.flow.flow}")
+        assert [(h.by, h.kind) for h in hops] == [("router", HopKind.SNAT)]
+        assert endpoint(hops[0].before) == (my_host, port)
+        assert endpoint(hops[0].after) == (stack.ip("router", "wan"), entry.reply_dport), "the hop is conntrack's"
     assert preserved.count(True) == 1, f"one flow keeps port {port}, the rest are remapped: {preserved}"

@@ -15,7 +15,7 @@ from shared import readiness
 
 pytestmark = pytest.mark.unit
 
-USAGE = "usage: socklab [-h] {echo,registry,client,collector,router,report,health,natcheck,config}"
+USAGE = "usage: socklab [-h] {echo,registry,client,collector,router,report,health,natcheck,cases,config}"
 
 
 def test_a_service_is_ready_once_it_says_so_and_says_with_what(tmp_path: Path) -> None:
