@@ -45,6 +45,7 @@ class Node:
     kind: str
     services: list[str] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    rewrote: bool = False
 
     def attach(self, network: str, address: str) -> None:
         """Give the node an address on a network, once."""
@@ -60,6 +61,7 @@ class Node:
             "kind": self.kind,
             "services": self.services,
             "addresses": self.addresses,
+            "rewrote": self.rewrote,
         }
 
 
@@ -209,4 +211,8 @@ def build_picture(topologies: Iterable[Topology], flows: Iterable[Flow]) -> Pict
             rewritten.setdefault(key, flow)
     for flow in rewritten.values():
         picture.infer_rewriter(flow)
+    for flow in rewritten.values():
+        rewriter = picture.rewriter(flow)
+        if rewriter is not None:
+            picture.nodes[rewriter].rewrote = True
     return picture

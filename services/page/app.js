@@ -166,6 +166,7 @@ function layout(picture) {
 function subtitle(node, networks) {
   // what kind of host a node is: an inferred router, the Docker host (on every bridge, the gateway of one), or its name
   if (node.kind === "router") return "router (inferred: rewrote sources)";
+  if (node.rewrote) return "rewrote flows between others";
   const owned = Object.values(node.addresses).flat();
   const bridges = networks.filter((n) => n.id !== "elsewhere");
   const onEvery = bridges.length >= 2 && bridges.every((n) => n.id in node.addresses);
@@ -277,12 +278,13 @@ function drawDetail() {
     const hops = el("ol");
     for (const hop of flow.path) {
       const words = [hop.by, hop.kind, hop.rule].filter((w) => w !== undefined && w !== null).join(" ");
-      hops.append(el("li", {}, `${words}: ${formatName(hop.before)} → ${formatName(hop.after)}`,
-        hop.evidence ? el("pre", {}, JSON.stringify(hop.evidence, null, 1)) : ""));
+      const evidence = el("details", {}, el("summary", {}, "evidence"),
+        el("pre", {}, JSON.stringify(hop.evidence || {}, null, 1)));
+      hops.append(el("li", {}, `${words}: ${formatName(hop.before)} → ${formatName(hop.after)}`, evidence));
     }
     parts.push(hops);
   }
-  const evidence = Object.entries(flow).filter(([key]) => !known.includes(key));
+  const evidence = Object.entries(flow).filter(([key, value]) => !known.includes(key) && value !== null);
   if (evidence.length) {
     parts.push(el("h3", {}, "evidence"));
     for (const [key, value] of evidence) parts.push(el("pre", {}, `${key}: ${JSON.stringify(value, null, 1)}`));

@@ -51,6 +51,7 @@ def test_the_router_is_inferred_between_lan_and_wan_from_what_the_server_saw() -
     picture = build_picture(TOPOLOGY, flows_of(SNAT))
     router = picture.nodes["router:192.168.50.2"]
     assert router.addresses == {"192.168.50.0/24": ["192.168.50.2"], "198.51.100.0/24": ["198.51.100.2"]}
+    assert router.rewrote and not picture.nodes["host:cl"].rewrote
     [flow] = flows_of(SNAT)
     assert picture.line(flow) == ["host:cl", "router:192.168.50.2", "host:ec"]
     six = [
