@@ -31,7 +31,7 @@ from shared.config import load_config
 from shared.fields import optional, typed
 from shared.readiness import mark_ready
 from shared.record import ConntrackEvent, DockerBinding, Observation, Record, Topology, unpack_record
-from shared.report_model import Flow, NatCheck, NatCheckResult, Report
+from shared.report_model import Flow, NatCheck, NatCheckResult, Report, check_evidence
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
     if not isinstance(record, Observation):
         return record, None
     optional(record.extra, "scenario", str, "record extra")
+    if "evidence" in record.extra:
+        check_evidence(record.extra["evidence"], "record extra evidence")
     if "natcheck" not in record.extra:
         return record, None
     try:

@@ -16,11 +16,14 @@ Verdicts, comparing names folded by shared.names.endpoint (IPv4-mapped hosts unm
 - proxied:   both changed: the server's peer is another connection, as through a user-space proxy
 - hairpin:   both changed by one NAT that turned the flow back where it came from (the path says so)
 - unmatched: only one end reported
+- server-only: the client is not socklab's (nc, curl, a browser): echo reported its view alone, with
+  the evidence it saw (records whose extra holds an "evidence" map), under a flow id of its own
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from services.paths import Evidence
 from shared.names import Endpoint, Name, endpoint
@@ -81,6 +84,14 @@ def scenario_of(records: list[Observation]) -> str | None:
     return next((obs.extra["scenario"] for obs in reversed(records) if "scenario" in obs.extra), None)
 
 
+def evidence_of(records: list[Observation]) -> dict[str, Any]:
+    """What a server saw of a client that is not socklab's, later records adding to earlier ones."""
+    evidence: dict[str, Any] = {}
+    for obs in records:
+        evidence.update(obs.extra.get("evidence", {}))
+    return evidence
+
+
 def judge(client: FlowEnd, server: FlowEnd) -> tuple[FlowVerdict, bool | None]:
     """Compare the two views of one flow."""
     if None in (client.sockname, client.peername, server.sockname, server.peername):
@@ -131,18 +142,22 @@ def join_flows(observations: Iterable[Observation], evidence: Evidence | None = 
         path = evidence.trace(first.proto, client, server, (min(times), max(times)))
         if verdict == FlowVerdict.PROXIED and any(hop.kind == HopKind.HAIRPIN for hop in path):
             verdict = FlowVerdict.HAIRPIN
+        told = evidence_of(server_records)
+        if client is None and told:
+            verdict = FlowVerdict.SERVER_ONLY
         flows.append(
             Flow(
                 flow=flow_id,
                 proto=first.proto,
                 family=first.family,
-                scenario=scenario_of(client_records),
+                scenario=scenario_of(client_records) or scenario_of(server_records),
                 client=client,
                 server=server,
                 verdict=verdict,
                 port_preserved=preserved,
                 path=path,
                 answer=answer_of(client_records, server_records),
+                evidence=told,
             )
         )
     return flows

@@ -160,6 +160,20 @@ SETTINGS = (
         parse_addresses,
     ),
     Setting("SOCKLAB_ECHO_PORT", "echo_port", "7007", "echo's TCP and UDP port", parse_port),
+    Setting(
+        "SOCKLAB_WHOAMI_PORT",
+        "whoami_port",
+        "7008",
+        "echo's whoami port (TCP and UDP): one line, how you were seen",
+        parse_port,
+    ),
+    Setting(
+        "SOCKLAB_HTTP_WHOAMI_PORT",
+        "http_whoami_port",
+        "7080",
+        "echo's whoami over HTTP: JSON, or text/html",
+        parse_port,
+    ),
     Setting("SOCKLAB_UNIX_PATH", "unix_path", "/run/socklab/echo.sock", "echo's Unix socket; empty: none", str),
     Setting("SOCKLAB_REGISTRY_PORT", "registry_port", "5300", "registry's TCP port", parse_port),
     Setting("SOCKLAB_STUN_PORT", "stun_port", "3478", "registry's STUN port (UDP)", parse_port),
@@ -225,6 +239,8 @@ class Config:
     query: str
     registries: tuple[Address, ...]
     echo_port: int
+    whoami_port: int
+    http_whoami_port: int
     unix_path: str
     registry_port: int
     stun_port: int

@@ -9,11 +9,19 @@ Datagram (UDP): each datagram is a msgpack map {"flow", "data"}; echo answers {"
 "local", "data"}, where local is the address the datagram arrived at.
 
 "peer" is the reflexive name: how echo saw the client.
+
+Any other client is welcome too, and told apart on its first bytes without ever waiting for more
+than it sent (see classify_stream): a frame is at most 64 KiB, so the 4-byte length of a hello
+starts 0x00 0x00; a stream whose first byte is anything else is raw at once and echoed byte for byte
+(a person typing `hi` gets `hi` back). Only a lone first byte 0x00 waits for the second one. (A frame
+of exactly 64 KiB, header 00 01 00 00, would read as raw; a hello is a few dozen bytes.) On UDP a
+datagram that unpacks as an echo datagram gets the answer above; any other datagram is echoed as is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import msgpack
@@ -23,6 +31,23 @@ from shared.names import Name, name_from_wire, name_to_wire
 
 DEFAULT_PORT = 7007
 MAX_DATAGRAM = 65535
+FRAME_MARK = b"\x00\x00"
+
+
+class StreamKind(StrEnum):
+    """What a stream client speaks: socklab's frames, or anything at all."""
+
+    FRAMED = "framed"
+    RAW = "raw"
+
+
+def classify_stream(first: bytes) -> StreamKind | None:
+    """Framed when the first two bytes are 0x00 0x00, raw at once otherwise; None only for a lone 0x00."""
+    if first[:2] == FRAME_MARK:
+        return StreamKind.FRAMED
+    if first[:1] == FRAME_MARK[:1] and len(first) < 2:
+        return None
+    return StreamKind.RAW if first else None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,19 @@ class FlowVerdict(StrEnum):
     PROXIED = "proxied"
     HAIRPIN = "hairpin"
     UNMATCHED = "unmatched"
+    SERVER_ONLY = "server-only"  # the client is not socklab's (nc, curl, ...): only the server's view exists
+
+
+EVIDENCE_VALUES = (str, int, float, bool)
+
+
+def check_evidence(obj: Any, what: str) -> dict[str, Any]:
+    """A flat map of what a server saw of a client that is not socklab's: names to words or numbers."""
+    evidence = require_map(obj, what)
+    for key, value in evidence.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, EVIDENCE_VALUES)):
+            raise ValueError(f"{what} must map names to strings, numbers or nil, not {key!r}: {value!r}")
+    return dict(evidence)
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class Flow:
     port_preserved: bool | None
     path: tuple[Hop, ...] = ()
     answer: Answer | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -161,6 +175,7 @@ class Flow:
             "port_preserved": self.port_preserved,
             "path": [hop.to_wire() for hop in self.path],
             "answer": self.answer.to_wire() if self.answer else None,
+            "evidence": dict(self.evidence),
         }
 
     @classmethod
@@ -181,6 +196,7 @@ class Flow:
             port_preserved=optional(flow, "port_preserved", bool, "flow"),
             path=tuple(Hop.from_wire(hop) for hop in path),
             answer=Answer.from_wire(flow["answer"]) if flow.get("answer") is not None else None,
+            evidence=check_evidence(flow.get("evidence", {}), "flow evidence"),
         )
 
 

@@ -187,8 +187,8 @@ def serving(loops: Loops, server: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def echo_server(make_reporter: MakeReporter, loops: Loops, tmp_path: Path) -> Iterator[EchoServer]:
-    """echo on an ephemeral dual-stack port, with its Unix socket in tmp_path and a Reporter of its own."""
-    server = EchoServer(make_reporter("echo"), 0, str(tmp_path / "echo.sock"))
+    """echo on ephemeral dual-stack ports (echo, whoami, HTTP whoami), its Unix socket in tmp_path, its own Reporter."""
+    server = EchoServer(make_reporter("echo"), 0, str(tmp_path / "echo.sock"), whoami_port=0, http_port=0)
     server.listen()
     yield from serving(loops, server)
 

@@ -50,6 +50,8 @@ def test_every_variable_is_read_and_parsed() -> None:
         "SOCKLAB_QUERY": "tcp://127.0.0.1:2",
         "SOCKLAB_REGISTRY": "198.51.100.3:5300, [2001:db8:100::3]:5301",
         "SOCKLAB_ECHO_PORT": "3",
+        "SOCKLAB_WHOAMI_PORT": "11",
+        "SOCKLAB_HTTP_WHOAMI_PORT": "12",
         "SOCKLAB_UNIX_PATH": "/tmp/e.sock",
         "SOCKLAB_REGISTRY_PORT": "4",
         "SOCKLAB_STUN_PORT": "5",
@@ -81,6 +83,7 @@ def test_every_variable_is_read_and_parsed() -> None:
     )
     assert (cfg.echo_port, cfg.registry_port, cfg.stun_port, cfg.stun_alt_port) == (3, 4, 5, 6)
     assert (cfg.ingest_port, cfg.query_port, cfg.http_port, cfg.bind_port) == (7, 8, 9, 10)
+    assert (cfg.whoami_port, cfg.http_whoami_port) == (11, 12)
     assert (cfg.nat_mode, cfg.nat_filter, cfg.nat_hairpin) == (NatMode.SYMMETRIC, Behaviour.ENDPOINT_INDEPENDENT, True)
     assert (cfg.lan_subnet, cfg.lan6_subnet) == (ipaddress.IPv4Network("10.1.0.0/16"), None)
     assert (cfg.dmz, cfg.log_level) == (ipaddress.IPv4Address("10.1.0.20"), "DEBUG")
