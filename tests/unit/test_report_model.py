@@ -91,7 +91,19 @@ def test_report_keys_are_the_contract() -> None:
     wire = REPORT.to_wire()
     assert list(wire) == ["flows", "methods", "records", "rejected", "service_rejects", "drops", "natchecks"]
     assert list(wire["flows"][0]) == [
-        *("flow", "proto", "family", "scenario", "client", "server", "verdict", "port_preserved", "path", "answer", "evidence")
+        *(
+            "flow",
+            "proto",
+            "family",
+            "scenario",
+            "client",
+            "server",
+            "verdict",
+            "port_preserved",
+            "path",
+            "answer",
+            "evidence",
+        )
     ]
     assert list(wire["flows"][0]["client"]) == ["service", "host", "family", "sockname", "peername"]
     assert wire["flows"][0]["client"]["sockname"] == ["fd00:50::20", 44176, 0, 0]

@@ -19,8 +19,8 @@ from shared.registry_protocol import request
 from shared.reporter import Reporter
 
 ECHO_PORT, REGISTRY_PORT, STUN_PORT = 7007, 5300, 3478
-NOT_FRAMES = (b"GET / HTTP/1.0\r\n\r\n", struct.pack("!I", 1 << 30), struct.pack("!I", 1) + b"\x01")
-NOT_RECORDS = (b"\xc1 not msgpack", msgpack.packb([1, 2, 3]))
+BAD_FRAMES = (struct.pack("!I", 1) + b"\x01", struct.pack("!I", 1) + b"\xc1", pack_frame({"length": 3}))
+RAW = (b"GET / HTTP/1.0\r\n\r\n", struct.pack("!I", 1 << 30), b"\xc1 not msgpack", msgpack.packb([1, 2, 3]))
 NOT_STUN = (b"\x00\x01\x00\x00", b"\xff" * 20, b"\x00\x01\x00\x04\x21\x12\xa4\x42" + b"\x00" * 12)
 BAD_REQUESTS = ({"op": "lookup"}, {"op": "dance", "flow": "x"}, {"op": "lookup", "flow": "y"})
 
@@ -32,14 +32,30 @@ def closed_by_server(address: tuple[str, int], payload: bytes) -> None:
         assert sock.recv(100) == b"", "server should close a stream that is not frames"
 
 
+def echoed_as_is(address: tuple[str, int], payload: bytes) -> None:
+    """Send what is not socklab's protocol; echo must echo it byte for byte (any client is welcome)."""
+    with socket.create_connection(address, timeout=3) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data == payload, f"echo answered {data!r} to {payload!r}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(3)
+        udp.sendto(payload, address)
+        assert udp.recv(65536) == payload
+
+
 def send_garbage(echo: str, registry: str) -> None:
-    """Five bad inputs to echo, one bad stream, three bad requests and three bad STUN packets to the registry."""
-    for payload in NOT_FRAMES:
+    """Three bad frames to echo (raw bytes it echoes), one bad stream, three bad requests and three bad STUN
+    packets to the registry."""
+    for payload in BAD_FRAMES:
         closed_by_server((echo, ECHO_PORT), payload)
+    for payload in RAW:
+        echoed_as_is((echo, ECHO_PORT), payload)
     closed_by_server((registry, REGISTRY_PORT), b"\xff" * 16)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        for datagram in NOT_RECORDS:
-            udp.sendto(datagram, (echo, ECHO_PORT))
         for packet in NOT_STUN:
             udp.sendto(packet, (registry, STUN_PORT))
     with socket.create_connection((registry, REGISTRY_PORT), timeout=3) as sock:
