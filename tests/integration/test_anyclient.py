@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 
 from services.oneside import RAW_ECHO, WHOAMI, WHOAMI_HTTP
+from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.report_model import Flow, FlowVerdict
 from shared.stack import Stack
 from tests.helpers import wait_for
 from tests.integration.stack import same_host
-from tests.integration.test_boundaries import docker_proxy_for, host_conntrack
 
 pytestmark = pytest.mark.integration
 
@@ -105,9 +105,9 @@ def test_whoami_behind_the_nat_tells_the_routers_mapping(stack: Stack, proto: st
 def expected_peer(stack: Stack, host: str, port: int, proto: str, my_port: int) -> tuple[str, int | None]:
     """Who echo must see for a host client of a published port: Docker's proxy's bridge gateway, or what
     the host's conntrack says its DNAT did (the port too, then)."""
-    proxy = docker_proxy_for(host, port, proto)
+    proxy = find_docker_proxy(host, port, proto)
     if proxy is not None:
-        target = proxy["-container-ip"]
+        target = proxy.container_ip
         version = 6 if ":" in target else 4
         [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n, version) == target]
         return stack.endpoint("echo", network)["Gateway" if version == 4 else "IPv6Gateway"], None
