@@ -6,9 +6,8 @@ import json
 import select
 import subprocess
 import sys
-import time
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import zmq
@@ -118,18 +117,21 @@ def test_filters_and_last_are_applied_by_the_collector(
 def test_follow_prints_a_new_flow_once_when_it_is_joined(live_collector: LiveCollector) -> None:
     for record in RECORDS:
         live_collector.collector.ingest(pack_observation(record))
-    command = [sys.executable, "-m", "services", "report", "--follow", "--verdict", "snat", "-o", "jsonl"]
-    command += ["--query", live_collector.query, "--interval", "0.05"]
+    command = [sys.executable, "-m", "services", "report", "--follow", "--verdict", "snat", "--last", "1"]
+    command += ["-o", "jsonl", "--query", live_collector.query, "--interval", "0.05"]
+
+    def next_flow(stream: IO[str]) -> Flow:
+        assert select.select([stream], [], [], 10)[0], "nothing printed in 10 s"
+        return Flow.from_wire(json.loads(stream.readline()))
+
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as follower:
         try:
             assert follower.stdout is not None
-            time.sleep(0.5)  # it asked once: the old snat flow "a" is not new
+            assert next_flow(follower.stdout).flow == "a", "--last 1: the newest old snat flow, then follow"
             new = [obs(flow, role, method, scenario, **names) for flow, role, method, scenario, names in NEW_SNAT]
             for record in new:
                 live_collector.collector.ingest(pack_observation(record))
-            assert select.select([follower.stdout], [], [], 10)[0], "nothing printed in 10 s"
-            line = follower.stdout.readline()
-            assert Flow.from_wire(json.loads(line)) == live_collector.collector.report().flow("d")
+            assert next_flow(follower.stdout) == live_collector.collector.report().flow("d")
         finally:
             follower.terminate()
         rest = follower.stdout.read() if follower.stdout else ""
