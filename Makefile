@@ -34,11 +34,17 @@ json: compose ## the joined flows as JSON
 published: venv ## the host talks to echo's published ports: what does echo see? (moby#15086)
 	@collector=$$($(COMPOSE) port collector 5555) && ports=$$(docker port $$($(COMPOSE) ps -q echo)) || exit 1; \
 	  export SOCKLAB_SERVICE=host SOCKLAB_COLLECTOR=tcp://$$collector; \
+	  $(VENV)/bin/python -m services docker-facts --collector tcp://$$collector || exit 1; \
 	  for proto in tcp udp; do \
 	    for echo in $$(echo "$$ports" | sed -n "s|^7007/$$proto -> ||p"); do \
 	      $(VENV)/bin/python -m services client --scenario $$proto --echo $$echo || exit 1; \
 	    done; \
 	  done
+
+.PHONY: explain
+explain: venv ## one flow's path in words (FLOW=id or a unique prefix), with what Docker did on this host
+	@$(VENV)/bin/python -m services docker-facts --quiet
+	@$(COMPOSE) exec -T collector socklab explain $(FLOW)
 
 natcheck: compose ## classify the NAT in front of client-lan (RFC 5780)
 	@$(COMPOSE) exec -T client-lan socklab natcheck

@@ -17,6 +17,8 @@ COMMANDS = {
     "collector": "services.collector",
     "router": "services.router",
     "report": "services.report",
+    "explain": "services.explain",
+    "docker-facts": "services.docker_facts",
     "health": "services.health",
     "natcheck": "services.natcheck",
     "cases": "services.cases",

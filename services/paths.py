@@ -26,6 +26,7 @@ from shared.report_model import FlowEnd, Hop, HopKind
 # Records come from different processes: the router reads an event just after the packet that made it.
 SLACK = 1.0
 Address = tuple[str, int]
+ANY_HOST = ("0.0.0.0", "::")  # a binding published on every host address serves whichever one the client used
 TupleKey = tuple[str, Address, Address]
 
 
@@ -137,8 +138,9 @@ class Evidence:
         for binding in self.bindings:
             published = (binding.host_ip, binding.host_port)
             target = (binding.container_ip, binding.container_port)
-            if binding.proto == proto and published == theirs and target == arrived:
-                return binding_hops(binding, mine, seen)
+            served = published == theirs or (binding.host_ip in ANY_HOST and binding.host_port == theirs[1])
+            if binding.proto == proto and served and target == arrived:
+                return binding_hops(binding, theirs, mine, seen)
         return ()
 
 
@@ -176,9 +178,9 @@ def rule_text(rules: object, purpose: str) -> str:
     return rule if isinstance(rule, str) else f"({purpose}: no such rule in the router's setup)"
 
 
-def binding_hops(binding: DockerBinding, mine: Address, seen: Address) -> tuple[Hop, ...]:
+def binding_hops(binding: DockerBinding, theirs: Address, mine: Address, seen: Address) -> tuple[Hop, ...]:
     """A proxy hop for a docker-proxy binding; a DNAT hop, and a masquerade hop if the source changed, otherwise."""
-    published = (binding.host_ip, binding.host_port)
+    published = (binding.host_ip, binding.host_port) if binding.host_ip not in ANY_HOST else theirs
     target = (binding.container_ip, binding.container_port)
     evidence = {
         "container": binding.container,

@@ -1,0 +1,164 @@
+"""socklab docker-facts: the Docker host's own rewrites of published ports, reported to the collector.
+
+Runs on the host, in the project's venv (the collector has no Docker socket). It reads Docker through
+the `docker` package: each container of the compose project, its networks (address, gateway) and its
+port bindings; and, from /proc, whether a docker-proxy process serves a binding (Docker's
+userland-proxy setting at work: the proxy accepts the connection and opens its own from the bridge
+gateway). A binding no proxy serves is Docker's DNAT in the host kernel. Each binding becomes a
+"docker-binding" record (shared.record.DockerBinding), so the collector can name the rewriter of every
+flow to a published port (services.paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from docker.errors import DockerException
+
+import docker
+from shared.config import load_config
+from shared.names import format_name
+from shared.record import DockerBinding, Mechanism, Proto
+from shared.reporter import Reporter
+
+log = logging.getLogger(__name__)
+
+ProxyKey = tuple[str, str, int]
+PROXY_OPTIONS = ("-proto", "-host-ip", "-host-port", "-container-ip", "-container-port")
+
+
+def find_proxies(proc: Path = Path("/proc")) -> dict[ProxyKey, tuple[int, list[str], dict[str, str]]]:
+    """Every docker-proxy process by (proto, host ip, host port): its pid, command line and options."""
+    proxies = {}
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            args = cmdline.read_bytes().decode().rstrip("\0").split("\0")
+            if not args or not args[0].endswith("docker-proxy"):
+                continue
+            options = dict(zip(args[1::2], args[2::2], strict=False))
+            if all(key in options for key in PROXY_OPTIONS) and options["-host-port"].isdigit():
+                key = (options["-proto"], canonical(options["-host-ip"]), int(options["-host-port"]))
+                proxies[key] = (int(cmdline.parent.name), args, options)
+    return proxies
+
+
+def canonical(host: str) -> str:
+    """An address as the records write it (Docker writes '::1' and '0.0.0.0' alike), or the text unchanged."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    return host
+
+
+def container_addresses(attrs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(network, address, gateway) for each of a container's networks and address families."""
+    found = []
+    for network, settings in attrs["NetworkSettings"]["Networks"].items():
+        for address, gateway in (("IPAddress", "Gateway"), ("GlobalIPv6Address", "IPv6Gateway")):
+            if settings.get(address) and settings.get(gateway):
+                found.append((network, settings[address], settings[gateway]))
+    return found
+
+
+def bindings_of(
+    attrs: dict[str, Any], proxies: dict[ProxyKey, tuple[int, list[str], dict[str, str]]], service: str, host: str
+) -> list[DockerBinding]:
+    """A container's published ports as records: the proxy's own target where one serves it, else each address."""
+    name = attrs["Name"].lstrip("/")
+    addresses = container_addresses(attrs)
+    bindings = []
+    for port_proto, published in (attrs["NetworkSettings"].get("Ports") or {}).items():
+        port_text, _, proto = port_proto.partition("/")
+        if proto not in (Proto.TCP, Proto.UDP) or not published:
+            continue
+        for binding in published:
+            host_ip, host_port = canonical(binding["HostIp"] or "0.0.0.0"), int(binding["HostPort"])
+            proxy = proxies.get((proto, host_ip, host_port))
+            for network, address, gateway in addresses:
+                if proxy is None and ipaddress.ip_address(address).version != ipaddress.ip_address(host_ip).version:
+                    continue
+                if proxy is not None and canonical(proxy[2]["-container-ip"]) != canonical(address):
+                    continue
+                bindings.append(
+                    DockerBinding(
+                        service=service,
+                        host=host,
+                        proto=Proto(proto),
+                        host_ip=host_ip,
+                        host_port=host_port,
+                        container=name,
+                        container_ip=canonical(address),
+                        container_port=int(port_text),
+                        network=network,
+                        gateway=canonical(gateway),
+                        mechanism=Mechanism.DOCKER_PROXY if proxy else Mechanism.DOCKER_DNAT,
+                        proxy_pid=proxy[0] if proxy else None,
+                        proxy_command=tuple(proxy[1]) if proxy else (),
+                    )
+                )
+    return bindings
+
+
+def project_containers(client: docker.DockerClient, project: str) -> list[Any]:
+    """The compose project's running containers."""
+    return client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+
+
+def collector_endpoint(containers: Iterable[Any]) -> str:
+    """The collector's PULL port as the host reaches it: its published 5555/tcp."""
+    for container in containers:
+        if container.labels.get("com.docker.compose.service") == "collector":
+            bindings = container.attrs["NetworkSettings"]["Ports"].get("5555/tcp") or []
+            for binding in bindings:
+                host = canonical(binding["HostIp"] or "127.0.0.1")
+                return f"tcp://{format_name((host, int(binding['HostPort'])))}"
+    raise LookupError("the project has no collector with a published port 5555")
+
+
+def format_binding(binding: DockerBinding) -> str:
+    """One binding for people."""
+    how = f"docker-proxy pid {binding.proxy_pid}" if binding.proxy_pid else "Docker's DNAT (no userland proxy)"
+    return (
+        f"{binding.proto} {format_name((binding.host_ip, binding.host_port))} -> {binding.container} "
+        f"{format_name((binding.container_ip, binding.container_port))} on {binding.network} "
+        f"(gateway {binding.gateway}): {how}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Report the Docker host's published-port bindings of a compose project to its collector."""
+    cfg = load_config("host")
+    parser = argparse.ArgumentParser(prog="socklab docker-facts", description=main.__doc__)
+    parser.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "socklab"))
+    parser.add_argument("--collector", help="collector's PULL endpoint (default: its published port)")
+    parser.add_argument("--quiet", action="store_true", help="report without printing")
+    args = parser.parse_args(argv)
+    try:
+        client = docker.from_env()
+        containers = project_containers(client, args.project)
+        endpoint = args.collector or collector_endpoint(containers)
+    except (DockerException, LookupError) as exc:
+        sys.exit(f"docker-facts: {exc}")
+    proxies = find_proxies()
+    service = cfg.service
+    bindings = [b for c in containers for b in bindings_of(c.attrs, proxies, service, socket.gethostname())]
+    context = zmq.Context()
+    reporter = Reporter(context, endpoint, service)
+    try:
+        for binding in bindings:
+            reporter.report(binding)
+            if not args.quiet:
+                print(format_binding(binding))
+    finally:
+        reporter.close()
+        context.term()
+    log.info("reported %d bindings of project %s to %s", len(bindings), args.project, endpoint)
