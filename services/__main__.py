@@ -17,12 +17,12 @@ COMMANDS = {
     "collector": "services.collector",
     "router": "services.router",
     "report": "services.report",
-    "explain": "services.explain",
-    "docker-facts": "services.docker_facts",
     "health": "services.health",
     "natcheck": "services.natcheck",
     "cases": "services.cases",
     "config": "shared.config",
+    "explain": "services.explain",
+    "docker-facts": "services.docker_facts",
 }
 
 

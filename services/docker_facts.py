@@ -27,6 +27,7 @@ from docker.errors import DockerException
 
 import docker
 from shared.config import load_config
+from shared.docker_host import DockerProxy, list_docker_proxies
 from shared.names import format_name
 from shared.record import DockerBinding, Mechanism, Proto
 from shared.reporter import Reporter
@@ -37,18 +38,13 @@ ProxyKey = tuple[str, str, int]
 PROXY_OPTIONS = ("-proto", "-host-ip", "-host-port", "-container-ip", "-container-port")
 
 
-def find_proxies(proc: Path = Path("/proc")) -> dict[ProxyKey, tuple[int, list[str], dict[str, str]]]:
-    """Every docker-proxy process by (proto, host ip, host port): its pid, command line and options."""
+def find_proxies(proc: Path = Path("/proc")) -> dict[ProxyKey, DockerProxy]:
+    """Every docker-proxy process with a whole command line, by (proto, host ip, host port)."""
     proxies = {}
-    for cmdline in proc.glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            args = cmdline.read_bytes().decode().rstrip("\0").split("\0")
-            if not args or not args[0].endswith("docker-proxy"):
-                continue
-            options = dict(zip(args[1::2], args[2::2], strict=False))
-            if all(key in options for key in PROXY_OPTIONS) and options["-host-port"].isdigit():
-                key = (options["-proto"], canonical(options["-host-ip"]), int(options["-host-port"]))
-                proxies[key] = (int(cmdline.parent.name), args, options)
+    for proxy in list_docker_proxies(proc):
+        options = proxy.options
+        if all(key in options for key in PROXY_OPTIONS) and options["-host-port"].isdigit():
+            proxies[(options["-proto"], canonical(options["-host-ip"]), int(options["-host-port"]))] = proxy
     return proxies
 
 
@@ -70,7 +66,7 @@ def container_addresses(attrs: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def bindings_of(
-    attrs: dict[str, Any], proxies: dict[ProxyKey, tuple[int, list[str], dict[str, str]]], service: str, host: str
+    attrs: dict[str, Any], proxies: dict[ProxyKey, DockerProxy], service: str, host: str
 ) -> list[DockerBinding]:
     """A container's published ports as records: the proxy's own target where one serves it, else each address."""
     name = attrs["Name"].lstrip("/")
@@ -86,7 +82,7 @@ def bindings_of(
             for network, address, gateway in addresses:
                 if proxy is None and ipaddress.ip_address(address).version != ipaddress.ip_address(host_ip).version:
                     continue
-                if proxy is not None and canonical(proxy[2]["-container-ip"]) != canonical(address):
+                if proxy is not None and canonical(proxy.container_ip) != canonical(address):
                     continue
                 bindings.append(
                     DockerBinding(
@@ -101,8 +97,8 @@ def bindings_of(
                         network=network,
                         gateway=canonical(gateway),
                         mechanism=Mechanism.DOCKER_PROXY if proxy else Mechanism.DOCKER_DNAT,
-                        proxy_pid=proxy[0] if proxy else None,
-                        proxy_command=tuple(proxy[1]) if proxy else (),
+                        proxy_pid=proxy.pid if proxy else None,
+                        proxy_command=proxy.command if proxy else (),
                     )
                 )
     return bindings
@@ -161,4 +157,4 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         reporter.close()
         context.term()
-    log.info("reported %d bindings of project %s to %s", len(bindings), args.project, endpoint)
+    log.debug("reported %d bindings of project %s to %s", len(bindings), args.project, endpoint)

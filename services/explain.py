@@ -24,7 +24,7 @@ VERBS = {
     HopKind.SNAT: "rewrote the source",
     HopKind.DNAT: "rewrote the destination",
     HopKind.HAIRPIN: "turned the destination back into the LAN,",
-    HopKind.PROXY: "accepted the connection and opened its own:",
+    HopKind.PROXY: "received the flow",
 }
 
 
@@ -46,7 +46,7 @@ def format_hop(number: int, hop: Hop) -> list[str]:
     """One hop: who rewrote what into what, by which rule, and the evidence that says so."""
     change = f"{format_name(hop.before)} into {format_name(hop.after)}"
     if hop.kind == HopKind.PROXY:
-        change = f"at {format_name(hop.before)}, and spoke from {format_name(hop.after)}"
+        change = f"at {format_name(hop.before)} and sent it on from its own socket {format_name(hop.after)}"
     lines = [
         f"  {number}. {hop.by} {VERBS.get(hop.kind, str(hop.kind))} {change} ({hop.kind})",
         f"       rule: {hop.rule}",

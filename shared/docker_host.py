@@ -21,6 +21,7 @@ class DockerProxy:
 
     pid: int
     options: dict[str, str]
+    command: tuple[str, ...] = ()
 
     @property
     def container_ip(self) -> str:
@@ -34,15 +35,20 @@ class DockerProxy:
 
 def find_docker_proxy(host_ip: str, host_port: int, proto: str) -> DockerProxy | None:
     """Docker's user-space proxy for a published port, read from its command line, if one runs."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            args = cmdline.read_bytes().decode().split("\0")
+    wanted = {"-host-ip": host_ip, "-host-port": str(host_port), "-proto": proto}
+    return next((p for p in list_docker_proxies() if all(p.options.get(k) == v for k, v in wanted.items())), None)
+
+
+def list_docker_proxies(proc: Path = Path("/proc")) -> list[DockerProxy]:
+    """Every docker-proxy process on the host, from its command line; unreadable entries are skipped."""
+    proxies = []
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            args = cmdline.read_bytes().decode().rstrip("\0").split("\0")
             if args and args[0].endswith("docker-proxy"):
                 options = dict(zip(args[1::2], args[2::2], strict=False))
-                wanted = {"-host-ip": host_ip, "-host-port": str(host_port), "-proto": proto}
-                if all(options.get(k) == v for k, v in wanted.items()):
-                    return DockerProxy(int(cmdline.parent.name), options)
-    return None
+                proxies.append(DockerProxy(int(cmdline.parent.name), options, tuple(args)))
+    return proxies
 
 
 def host_conntrack() -> list[ConntrackEntry]:

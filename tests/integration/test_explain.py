@@ -7,13 +7,13 @@ import zmq
 
 from services import docker_facts
 from services.client import SCENARIOS, Target
+from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.names import endpoint
 from shared.report_model import Flow, HopKind
 from shared.reporter import Reporter
 from shared.stack import Stack
 from tests.helpers import ends, host_port, wait_for
 from tests.integration.stack import same_host
-from tests.integration.test_boundaries import docker_proxy_for, host_conntrack
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,8 @@ def test_published_port_hops_are_dockers_binding_and_mechanism(stack: Stack, sce
         context.term()
     flow = with_path(stack, outcome.flow)
     client, server = ends(flow)
-    proxy = docker_proxy_for(host, port, proto)
+    found = find_docker_proxy(host, port, proto)
+    proxy = found.options if found else None
     first = flow.path[0]
     assert endpoint(first.before) == (host, port) == host_port(client.peername), "the name the client used"
     assert first.evidence["container"] == stack.container("echo").name

@@ -45,7 +45,7 @@ def test_direct_unexplained_proxied_and_answers_are_said_plainly() -> None:
     stun = explain.format_explanation(only_flow(stun_change_request(answered=False), Evidence()))
     assert stun.splitlines()[-1] == "  the answer came from 198.51.100.4:3479 and did not arrive"
     proxied = explain.format_explanation(only_flow(published_flow(), Evidence(bindings=[binding()])))
-    assert "1. docker-proxy accepted the connection and opened its own: at 127.0.0.1:32991, and spoke from " in proxied
+    assert "1. docker-proxy received the flow at 127.0.0.1:32991 and sent it on from its own socket 198.51" in proxied
     assert (
         "Docker: socklab-echo-1 at 198.51.100.10:7007 on socklab_wan, gateway 198.51.100.1; proxy pid 4242" in proxied
     )
@@ -117,8 +117,8 @@ def test_proxies_are_read_from_their_command_lines_and_junk_is_skipped(tmp_path:
     )
     proxies = find_proxies(proc)
     assert list(proxies) == [("tcp", "::1", 32862)]
-    pid, args, options = proxies[("tcp", "::1", 32862)]
-    assert (pid, args, options["-container-ip"]) == (10, PROXY_ARGS, "2001:db8:100::10")
+    proxy = proxies[("tcp", "::1", 32862)]
+    assert (proxy.pid, proxy.command, proxy.container_ip) == (10, tuple(PROXY_ARGS), "2001:db8:100::10")
 
 
 ECHO_ATTRS: dict[str, Any] = {

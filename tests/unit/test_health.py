@@ -15,7 +15,8 @@ from shared import readiness
 
 pytestmark = pytest.mark.unit
 
-USAGE = "usage: socklab [-h] {echo,registry,client,collector,router,report,health,natcheck,cases,config}"
+COMMANDS = "echo,registry,client,collector,router,report,health,natcheck,cases,config,explain,docker-facts"
+USAGE = f"usage: socklab [-h] {{{COMMANDS}}}"
 
 
 def test_a_service_is_ready_once_it_says_so_and_says_with_what(tmp_path: Path) -> None:
