@@ -129,8 +129,10 @@ class Evidence:
 
     def docker_hops(self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None) -> tuple[Hop, ...]:
         """Docker's rewrites of a flow to a published port, from the newest binding that names both ends."""
-        if client is None or server is None:
+        if server is None:
             return ()
+        if client is None:
+            return self.server_only_docker_hops(proto, server)
         theirs, mine = ip_endpoint(client.peername), ip_endpoint(client.sockname)
         arrived, seen = ip_endpoint(server.sockname), ip_endpoint(server.peername)
         if not (theirs and mine and arrived and seen):
@@ -142,6 +144,36 @@ class Evidence:
             if binding.proto == proto and served and target == arrived:
                 return binding_hops(binding, theirs, mine, seen)
         return ()
+
+    def server_only_docker_hops(self, proto: Proto, server: FlowEnd) -> tuple[Hop, ...]:
+        """A proxy hop for a flow only the server reported (nc, curl, a browser): its peer is a proxy's gateway.
+
+        The client's own name is unknown, so the hop names the published address only when one binding
+        (not a wildcard) leads to this container from this gateway; otherwise it says where the proxy's
+        connection went and lists every published address that could have carried it.
+        """
+        arrived, seen = ip_endpoint(server.sockname), ip_endpoint(server.peername)
+        if not (arrived and seen):
+            return ()
+        newest: dict[tuple[str, int], DockerBinding] = {}
+        for binding in self.bindings:
+            if (
+                binding.proto == proto
+                and binding.mechanism == Mechanism.DOCKER_PROXY
+                and (binding.container_ip, binding.container_port) == arrived
+                and binding.gateway == seen[0]
+            ):
+                newest.setdefault((binding.host_ip, binding.host_port), binding)
+        if not newest:
+            return ()
+        [first, *_] = newest.values()
+        if len(newest) == 1 and first.host_ip not in ANY_HOST:
+            return binding_hops(first, (first.host_ip, first.host_port), seen, seen)
+        [hop] = binding_hops(first, arrived, seen, seen)
+        published = [[host, port, str(proto)] for host, port in newest]
+        rule = f"docker-proxy (one of {len(newest)} published bindings: the client's own name was not reported)"
+        evidence = {**hop.evidence, "published": None, "published_candidates": published}
+        return (Hop("docker-proxy", HopKind.PROXY, rule, arrived, seen, evidence),)
 
 
 def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:

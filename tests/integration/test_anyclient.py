@@ -13,8 +13,10 @@ import urllib.request
 
 import pytest
 
+from services import docker_facts
 from services.oneside import RAW_ECHO, WHOAMI, WHOAMI_HTTP
 from shared.docker_host import find_docker_proxy, host_conntrack
+from shared.names import endpoint
 from shared.report_model import Flow, FlowVerdict
 from shared.stack import Stack
 from tests.helpers import wait_for
@@ -154,3 +156,34 @@ def test_host_to_published_raw_echo_and_http(stack: Stack, host: str) -> None:
             check=True,
         ).stdout
         assert text.startswith("<!doctype html>") and "you are " in text
+
+
+@pytest.mark.parametrize(("proto", "host"), [("tcp", "127.0.0.1"), ("udp", "127.0.0.1")])
+def test_host_whoami_flow_is_not_direct_and_names_dockers_proxy(stack: Stack, proto: str, host: str) -> None:
+    """A client that is not socklab's still gets its rewriter: the proxy hop, from Docker's own facts."""
+    docker_facts.main(["--project", stack.project, "--quiet", "--collector", stack.ingest_endpoint()])
+    port = stack.published_port("echo", f"7008/{proto}", host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect((host, port))
+        if proto == "udp":
+            sock.send(b"who am i?")
+        line = sock.recv(1000).decode()
+    proxy = find_docker_proxy(host, port, proto)
+    if proxy is None:
+        pytest.fail(f"no docker-proxy serves {host}:{port}/{proto}: the DNAT branch has no server-only hop yet")
+    seen = line.split()[2]
+
+    def with_hop() -> Flow | None:
+        flow = server_only(stack, WHOAMI, seen)
+        return flow if flow.path else None
+
+    flow = wait_for(with_hop, f"the whoami flow from {seen} with its docker-proxy hop", 10, 0.1)
+    [hop] = flow.path
+    assert flow.server is not None and flow.server.peername is not None
+    [network] = [n for n in ("wan", "ctl") if stack.ip("echo", n) == proxy.container_ip]
+    gateway = stack.endpoint("echo", network)["Gateway"]
+    assert hop.by == "docker-proxy" and hop.kind == "proxy"
+    assert hop.after == endpoint(flow.server.peername) and hop.after[0] == gateway == hop.evidence["gateway"]
+    assert hop.before == (host, port), "one binding leads to 7008 from this gateway: the hop names it"
+    assert hop.evidence["proxy_pid"] == proxy.pid

@@ -404,3 +404,39 @@ def test_docker_dnat_without_a_proxy_names_the_dnat_and_the_masquerade() -> None
 def test_path_survives_the_report_wire() -> None:
     flow = only_flow(tcp_flow(), Evidence([event()]))
     assert flow.path and Flow.from_wire(flow.to_wire()) == flow
+
+
+def server_only_published_flow() -> list[Observation]:
+    """What echo reports of a client that is not socklab's (nc through a published port): its end alone."""
+    return published_flow()[2:]
+
+
+def test_a_server_only_flow_through_docker_proxy_names_the_one_published_port() -> None:
+    flow = only_flow(server_only_published_flow(), Evidence(bindings=[binding()]))
+    assert flow.client is None
+    [hop] = flow.path
+    assert (hop.by, hop.kind, hop.before, hop.after) == (
+        "docker-proxy",
+        HopKind.PROXY,
+        PUBLISHED,
+        ("198.51.100.1", 45686),
+    )
+
+
+def test_a_server_only_flow_with_several_candidate_ports_lists_them_and_claims_none() -> None:
+    bindings = [binding(), binding(host_ip="198.51.100.1", host_port=7007), binding(host_port=1, container_port=9)]
+    [hop] = only_flow(server_only_published_flow(), Evidence(bindings=bindings)).path
+    assert (hop.by, hop.kind, hop.before, hop.after) == (
+        "docker-proxy",
+        HopKind.PROXY,
+        ("198.51.100.10", 7007),
+        ("198.51.100.1", 45686),
+    )
+    assert hop.evidence["published_candidates"] == [["127.0.0.1", 32991, "tcp"], ["198.51.100.1", 7007, "tcp"]]
+    assert "one of 2 published bindings" in hop.rule
+
+
+def test_a_server_only_flow_from_elsewhere_gets_no_docker_hop() -> None:
+    dnat = binding(mechanism=Mechanism.DOCKER_DNAT, proxy_pid=None, proxy_command=())
+    for evidence in (Evidence(), Evidence(bindings=[binding(gateway="198.51.100.254")]), Evidence(bindings=[dnat])):
+        assert only_flow(server_only_published_flow(), evidence).path == ()
