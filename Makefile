@@ -11,7 +11,7 @@ INTEGRATION := -m "integration or socklab" tests/integration examples
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix
 
 up: image venv ## build the image, start the stack, wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
@@ -55,6 +55,11 @@ lifetime: compose ## how long an idle UDP mapping lives on the router (RFC 4787 
 
 cases: venv ## the Docker addressing cases, from this host: hairpin, stale-udp, collision (CASE=one of them)
 	@$(VENV)/bin/python -m services cases $(CASE)
+
+punch-matrix: image venv ## every pair of the two routers' behaviours, punched for udp and tcp, against natcheck's prediction
+	@$(COMPOSE) up --detach --no-build >/dev/null 2>&1 && \
+	  $(COMPOSE) exec -T collector socklab health $$($(COMPOSE) config --services) && \
+	  $(VENV)/bin/python -m services.punch_matrix $(ARGS)
 
 logs: compose
 	$(COMPOSE) logs --no-color

@@ -20,6 +20,7 @@ COMMANDS = {
     "health": "services.health",
     "natcheck": "services.natcheck",
     "cases": "services.cases",
+    "punch": "services.punch",
     "config": "shared.config",
     "explain": "services.explain",
     "docker-facts": "services.docker_facts",

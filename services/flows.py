@@ -15,6 +15,8 @@ Verdicts, comparing names folded by shared.names.endpoint (IPv4-mapped hosts unm
 - dnat:      only the destination changed
 - proxied:   both changed: the server's peer is another connection, as through a user-space proxy
 - hairpin:   both changed by one NAT that turned the flow back where it came from (the path says so)
+- two-nats:  both changed, the source by the client's NAT and the destination by the server's (a punched
+             hole between two NATs: the path names both routers)
 - unmatched: only one end reported
 - server-only: the client is not socklab's (nc, curl, a browser): echo reported its view alone, with
   the evidence it saw (records whose extra holds an "evidence" map), under a flow id of its own
@@ -142,6 +144,8 @@ def join_flows(observations: Iterable[Observation], evidence: Evidence | None = 
         path = evidence.trace(first.proto, client, server, (min(times), max(times)))
         if verdict == FlowVerdict.PROXIED and any(hop.kind == HopKind.HAIRPIN for hop in path):
             verdict = FlowVerdict.HAIRPIN
+        if verdict == FlowVerdict.PROXIED and len({hop.by for hop in path if hop.kind != HopKind.PROXY}) == 2:
+            verdict = FlowVerdict.TWO_NATS
         told = evidence_of(server_records)
         if client is None and told:
             verdict = FlowVerdict.SERVER_ONLY

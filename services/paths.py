@@ -41,6 +41,7 @@ class ConntrackEntry:
     reply: ConntrackTuple
     router: str
     setup: dict
+    service: str = "router"
     born: float | None = None
     died: float | None = None
 
@@ -78,7 +79,7 @@ def entries_from(events: Iterable[ConntrackEvent]) -> list[ConntrackEntry]:
         entry = entries.get(key)
         if entry is None or (event.event == ConntrackEventType.NEW and entry.born is not None):
             entry = ConntrackEntry(
-                event.id, event.proto, event.family, event.original, event.reply, event.host, event.setup
+                event.id, event.proto, event.family, event.original, event.reply, event.host, event.setup, event.service
             )
             entries[key] = entry
         if event.event == ConntrackEventType.NEW:
@@ -108,7 +109,38 @@ class Evidence:
         if proto not in (Proto.TCP, Proto.UDP):
             return ()
         entry = self.conntrack_entry(proto, client, server, window)
-        return self.docker_hops(proto, client, server) + (router_hops(entry) if entry else ())
+        docker = self.docker_hops(proto, client, server)
+        if entry is None and not docker and client is not None and server is not None:
+            return self.two_router_hops(proto, client, server, window)
+        return docker + (router_hops(entry) if entry else ())
+
+    def two_router_hops(
+        self, proto: Proto, client: FlowEnd, server: FlowEnd, window: tuple[float, float]
+    ) -> tuple[Hop, ...]:
+        """A flow between two NATs: the client's router rewrote its source, the server's router its destination."""
+        mine, theirs = ip_endpoint(client.sockname), ip_endpoint(client.peername)
+        arrived, seen = ip_endpoint(server.sockname), ip_endpoint(server.peername)
+        if not (mine and theirs and arrived and seen):
+            return ()
+        near = self.lan_side_entry(proto, (mine, theirs), window)
+        far = self.lan_side_entry(proto, (arrived, seen), window)
+        if near is None or far is None or near.service == far.service:
+            return ()
+        near_rule = "snat" if (source(near.original), destination(near.original)) == (mine, theirs) else "inbound"
+        far_rule = "snat" if (source(far.original), destination(far.original)) == (arrived, seen) else "inbound"
+        return (
+            side_hop(near, HopKind.SNAT, near_rule, mine, seen),
+            side_hop(far, HopKind.DNAT, far_rule, theirs, arrived),
+        )
+
+    def lan_side_entry(
+        self, proto: Proto, lan: tuple[Address, Address], window: tuple[float, float]
+    ) -> ConntrackEntry | None:
+        """The newest live entry that carried a LAN host's packets (`lan`: its name, the peer's) either way."""
+        key = (str(proto), *lan)
+        found = self.by_original.get(key, []) + self.by_reply.get(key, [])
+        alive = [entry for entry in found if entry.alive(*window)]
+        return max(alive, key=lambda entry: -math.inf if entry.born is None else entry.born, default=None)
 
     def conntrack_entry(
         self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None, window: tuple[float, float]
@@ -176,9 +208,9 @@ class Evidence:
         return (Hop("docker-proxy", HopKind.PROXY, rule, arrived, seen, evidence),)
 
 
-def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
-    """The rewrites one conntrack entry records: destination first (PREROUTING), then source (POSTROUTING)."""
-    evidence = {
+def entry_evidence(entry: ConntrackEntry) -> dict:
+    """What a hop cites of a conntrack entry: its id, both tuples, its life and the router's setup."""
+    return {
         "conntrack_id": entry.id,
         "proto": str(entry.proto),
         "family": str(entry.family),
@@ -189,6 +221,20 @@ def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
         "router": entry.router,
         **{key: entry.setup[key] for key in ("mode", "filtering", "hairpin", "wan_address") if key in entry.setup},
     }
+
+
+def side_hop(entry: ConntrackEntry, kind: HopKind, rule: str, before: Address, after: Address) -> Hop:
+    """One router's rewrite of a flow between two NATs, by the rule whose entry carried it (either direction)."""
+    rules = entry.setup.get("rules", {})
+    text = rule_text(rules, "inbound-dnat" if rule == "inbound" else f"snat-{entry.family}")
+    if (rule == "snat") != (kind == HopKind.SNAT):
+        text += " (the entry's reply direction)"
+    return Hop(entry.service, kind, text, before, after, entry_evidence(entry))
+
+
+def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
+    """The rewrites one conntrack entry records: destination first (PREROUTING), then source (POSTROUTING)."""
+    evidence = entry_evidence(entry)
     rules = entry.setup.get("rules", {})
     dnat = destination(entry.original) != source(entry.reply)
     snat = source(entry.original) != destination(entry.reply)
@@ -196,11 +242,11 @@ def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
     if dnat:
         kind, purpose = (HopKind.HAIRPIN, "hairpin-dnat") if snat else (HopKind.DNAT, "inbound-dnat")
         before, after = destination(entry.original), source(entry.reply)
-        hops.append(Hop("router", kind, rule_text(rules, purpose), before, after, evidence))
+        hops.append(Hop(entry.service, kind, rule_text(rules, purpose), before, after, evidence))
     if snat:
         purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
         before, after = source(entry.original), destination(entry.reply)
-        hops.append(Hop("router", HopKind.SNAT, rule_text(rules, purpose), before, after, evidence))
+        hops.append(Hop(entry.service, HopKind.SNAT, rule_text(rules, purpose), before, after, evidence))
     return tuple(hops)
 
 

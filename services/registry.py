@@ -1,9 +1,11 @@
-"""registry: register, lookup and list over TCP, and STUN Binding on UDP.
+"""registry: register, lookup and list over TCP, STUN Binding on UDP, and the rendezvous of two punchers.
 
 For every registrant it keeps two names side by side: the one the registrant reports for its own
 socket (`reported`) and the one the registry's accepted socket observes (`observed`). Behind a NAT
 they differ exactly by the NAT's translation. Its request protocol, and the client side of it, is
-shared.registry_protocol; its STUN responder is services.stun_server.
+shared.registry_protocol; its STUN responder is services.stun_server. A `connect` request parks its
+stream until the peer it names asks too (or its wait ends), then both streams get each other's names
+in the same loop turn, so the two can start punching together.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -23,14 +27,34 @@ import zmq
 from services.stun_server import StunResponder
 from shared.config import load_config
 from shared.framing import pack_frame
-from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire
+from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire, unmap_host
 from shared.readiness import mark_ready
-from shared.record import Family, Role
-from shared.registry_protocol import Registration, RegistryOp, lookup
+from shared.record import Family, Role, new_flow_id
+from shared.registry_protocol import Candidate, ConnectRequest, Registration, RegistryOp, lookup
 from shared.reporter import Reporter
 from shared.streams import AcceptedStream, close_all
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParkedConnect:
+    """A rendezvous request waiting for its peer: the stream its answer goes to, and until when."""
+
+    conn: AcceptedStream
+    request: ConnectRequest
+    me: Candidate
+    deadline: float
+
+    def wants(self, request: ConnectRequest) -> bool:
+        """Whether this waiting request and a new one ask for each other, over the same protocol."""
+        return (
+            self.request.proto == request.proto
+            and self.me.name != request.name
+            and request.peer in ("", self.me.name)
+            and self.request.peer in ("", request.name)
+            and (request.peer != "" or self.request.peer != "")
+        )
 
 
 class RegistryServer:
@@ -48,6 +72,7 @@ class RegistryServer:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
         self.registrations: dict[tuple[str, Family], Registration] = {}
+        self.parked: list[ParkedConnect] = []
         self.selector = selectors.DefaultSelector()
         self.tcp = create_dual_stack_socket(socket.SOCK_STREAM, port)
         self.port = self.tcp.getsockname()[1]
@@ -64,8 +89,9 @@ class RegistryServer:
     def serve(self, stop: threading.Event) -> None:
         """Run the loop until `stop` is set; each registered socket carries its own handler."""
         while not stop.is_set():
-            for key, _events in self.selector.select(timeout=0.2):
+            for key, _events in self.selector.select(timeout=0.05):
                 key.data()
+            self.expire_parked(time.monotonic())
 
     def close(self) -> None:
         """Close every socket the registry holds."""
@@ -95,7 +121,8 @@ class RegistryServer:
                 return
             conn.frames.feed(data)
             while (frame := conn.frames.next_frame()) is not None:
-                conn.sock.sendall(pack_frame(self.answer(conn, frame)))
+                if (reply := self.answer(conn, frame)) is not None:
+                    conn.sock.sendall(pack_frame(reply))
         except ValueError as exc:
             self.stats["rejected"] += 1
             self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
@@ -105,12 +132,13 @@ class RegistryServer:
             self.close_stream(conn)
 
     def close_stream(self, conn: AcceptedStream) -> None:
-        """Forget one connection."""
+        """Forget one connection, and any rendezvous it waits for."""
+        self.parked = [parked for parked in self.parked if parked.conn is not conn]
         self.selector.unregister(conn.sock)
         conn.sock.close()
 
-    def answer(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:
-        """Reply to one request; a bad request is counted and answered with an error."""
+    def answer(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """Reply to one request (None: a rendezvous waits); a bad request is counted and answered with an error."""
         try:
             return self.serve_request(conn, frame)
         except (ValueError, KeyError, TypeError) as exc:
@@ -118,7 +146,7 @@ class RegistryServer:
             self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
             return {"ok": False, "error": str(exc)}
 
-    def serve_request(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any]:
+    def serve_request(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any] | None:
         """Do one request; a malformed one raises ValueError, KeyError or TypeError."""
         op = frame.get("op")
         flow = frame.get("flow")
@@ -138,6 +166,7 @@ class RegistryServer:
             if not isinstance(ports, dict):
                 raise ValueError("register ports must be a map")
             observed = conn.sock.getpeername()
+            self.check_owner(name, observed)
             entry = Registration(name, name_from_wire(frame.get("reported")), observed, ports)
             self.registrations[(name, entry.family)] = entry
             log.info("registered %s: reported %s, observed %s", name, entry.reported, observed)
@@ -147,9 +176,82 @@ class RegistryServer:
             if not found:
                 return {"ok": False, "error": f"no registration for {frame['name']!r}"}
             return {"ok": True, "registrations": found}
+        if op == RegistryOp.CONNECT:
+            return self.rendezvous(conn, ConnectRequest.from_frame(frame))
         if op == RegistryOp.LIST:
             return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
         return {"ok": True, "stats": self.all_stats()}
+
+    def check_owner(self, name: str, observed: Any) -> None:
+        """A name belongs to the address that registered it: another address claiming it is refused."""
+        host = unmap_host(observed[0])
+        family = Family.IPV6 if ":" in host else Family.IPV4
+        owner = self.registrations.get((name, family))
+        if owner is not None and owner.host != host:
+            self.stats["forged"] += 1
+            raise ValueError(f"{name!r} is registered from {owner.host}, not from {host}: not yours to claim")
+
+    def rendezvous(self, conn: AcceptedStream, request: ConnectRequest) -> dict[str, Any] | None:
+        """Pair a connect with the peer's waiting one and answer both at once, or park it until the peer asks."""
+        observed = conn.sock.getpeername()
+        self.check_owner(request.name, observed)
+        public = (unmap_host(observed[0]), observed[1])
+        if request.proto == "udp":
+            seen = self.stun.sources.get(request.stun)
+            if not isinstance(seen, tuple):
+                raise ValueError(f"no STUN Binding request {request.stun.hex()} reached the registry")
+            if unmap_host(seen[0]) != public[0]:
+                raise ValueError(f"STUN request {request.stun.hex()} came from {seen[0]}, not from {public[0]}")
+            public = (unmap_host(seen[0]), seen[1])
+        me = Candidate(request.name, public, request.private)
+        waiting = next((parked for parked in self.parked if parked.wants(request)), None)
+        if waiting is None:
+            if request.peer and not self.known(request.peer):
+                return {"ok": False, "error": f"unknown peer {request.peer!r}: it has not registered"}
+            self.replace_parked(request)
+            self.parked.append(ParkedConnect(conn, request, me, time.monotonic() + request.wait))
+            return None
+        self.parked.remove(waiting)
+        rendezvous = new_flow_id()
+        self.stats["rendezvous"] += 1
+        log.info(
+            "rendezvous %s: %s (%s) with %s (%s)", rendezvous, me.name, me.public, waiting.me.name, waiting.me.public
+        )
+        answer = {"ok": True, "rendezvous": rendezvous, "proto": request.proto}
+        try:
+            waiting.conn.sock.sendall(
+                pack_frame({**answer, "role": "server", "self": waiting.me.to_wire(), "peer": me.to_wire()})
+            )
+        except OSError as exc:
+            return {"ok": False, "error": f"peer {waiting.me.name!r} left before the rendezvous: {exc}"}
+        return {**answer, "role": "client", "self": me.to_wire(), "peer": waiting.me.to_wire()}
+
+    def replace_parked(self, request: ConnectRequest) -> None:
+        """A newer wait for the same peer replaces an older one, whose stream may be dead (a router flushed it)."""
+        same = (request.name, request.proto, request.peer)
+        for old in [p for p in self.parked if (p.request.name, p.request.proto, p.request.peer) == same]:
+            self.parked.remove(old)
+            try:
+                old.conn.sock.sendall(
+                    pack_frame({"ok": False, "error": "replaced by a newer request for the same peer"})
+                )
+            except OSError as exc:
+                log.info("a replaced rendezvous request's stream is gone: %s", exc)
+
+    def known(self, name: str) -> bool:
+        """Whether a name has registered, or waits for a rendezvous."""
+        return any(n == name for n, _ in self.registrations) or any(p.me.name == name for p in self.parked)
+
+    def expire_parked(self, now: float) -> None:
+        """Tell each request whose peer never asked in time so, and forget it."""
+        for parked in [parked for parked in self.parked if parked.deadline <= now]:
+            self.parked.remove(parked)
+            who = f"peer {parked.request.peer!r} never" if parked.request.peer else "no peer"
+            error = f"{who} asked for a rendezvous with {parked.me.name!r} within {parked.request.wait:g} s"
+            try:
+                parked.conn.sock.sendall(pack_frame({"ok": False, "error": error}))
+            except OSError as exc:
+                log.info("rendezvous of %s expired on a closed stream: %s", parked.me.name, exc)
 
     def observe_requester(self, conn: AcceptedStream) -> None:
         """Report the accepted socket's names under the flow its first request named."""

@@ -46,10 +46,15 @@ log = logging.getLogger(__name__)
 # symmetric: a random port for every new destination address and port (address-and-port-dependent).
 MASQUERADE_OPTIONS = {NatMode.CONE: [], NatMode.SYMMETRIC: ["--random-fully"]}
 CHAINS = {"SOCKLAB_PRE": "PREROUTING", "SOCKLAB_POST": "POSTROUTING"}
+# The filter table's chain: new connections to the router's own WAN address are dropped before conntrack
+# confirms them, as a home router's firewall does, so a peer's early punch leaves no entry whose tuple
+# would make the kernel move the LAN host's mapping to another port (RFC 5128 section 3.3).
+INPUT_CHAIN = "SOCKLAB_IN"
 RESOLVE_TIMEOUT = 10.0  # the collector is started before the router (compose), its name may lag a moment
 # What each rule is for; the router's setup names them, so the collector can say which rule rewrote a flow.
 RULE_SNAT4, RULE_SNAT6, RULE_INBOUND = "snat-ipv4", "snat-ipv6", "inbound-dnat"
 RULE_HAIRPIN_DNAT, RULE_HAIRPIN_SNAT = "hairpin-dnat", "hairpin-snat"
+RULE_INPUT_DROP = "inbound-drop"
 # The kernel's idle timeouts for UDP entries in this network namespace (compose's sysctls set them).
 UDP_TIMEOUTS = {
     "udp_timeout": Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout"),
@@ -111,6 +116,20 @@ def named_rules(nat: RouterSetup) -> dict[str, list[str]]:
             "--to-source",
             nat.wan_address,
         ]
+    # Last, so the NAT rules keep their places: a filter-table rule, whatever the behaviour.
+    rules[RULE_INPUT_DROP] = [
+        "iptables",
+        "-A",
+        INPUT_CHAIN,
+        "-d",
+        nat.wan_address,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "DROP",
+    ]
     return rules
 
 
@@ -120,12 +139,14 @@ def chain_setup(tool: str) -> list[list[str]]:
     for chain, parent in CHAINS.items():
         commands.append([tool, "-t", "nat", "-N", chain])
         commands.append([tool, "-t", "nat", "-A", parent, "-j", chain])
+    commands.append([tool, "-N", INPUT_CHAIN])
+    commands.append([tool, "-A", "INPUT", "-j", INPUT_CHAIN])
     return commands
 
 
 def chain_flush(tool: str) -> list[list[str]]:
     """Empty socklab's chains before a new behaviour goes in."""
-    return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS]
+    return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS] + [[tool, "-F", INPUT_CHAIN]]
 
 
 def find_wan_address(network: ipaddress.IPv4Network, ctl: str | None = None) -> str:
@@ -160,7 +181,7 @@ def run(commands: list[list[str]]) -> None:
         subprocess.run(command, check=True)
 
 
-def apply(nat: RouterSetup, first_time: bool) -> None:
+def apply(nat: RouterSetup, first_time: bool, service: str = "router") -> None:
     """Install a behaviour; when switching, forget old mappings so the new rules decide every flow."""
     tools = ["iptables", "ip6tables"] if nat.lan6 else ["iptables"]
     for tool in tools:
@@ -169,7 +190,7 @@ def apply(nat: RouterSetup, first_time: bool) -> None:
     run(list(rules.values()))
     if not first_time:
         subprocess.run(["conntrack", "-F"], check=True, capture_output=True)
-    mark_ready("router", json.dumps({**describe_setup(nat, rules), **read_udp_timeouts()}))
+    mark_ready(service, json.dumps({**describe_setup(nat, rules), **read_udp_timeouts()}))
 
 
 def describe_setup(nat: RouterSetup, rules: dict[str, list[str]]) -> dict[str, Any]:
@@ -203,7 +224,7 @@ def stream_conntrack(endpoint: str, service: str) -> None:
     context = zmq.Context()
     reporter = Reporter(context, endpoint, service)
     reporter.report_topology()  # before the thread takes the socket over
-    threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / "router")), daemon=True).start()
+    threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / service)), daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     wan_address = find_wan_address(args.lan, collector_source(cfg.collector))
     nat = RouterSetup(args.mode, args.filter, args.hairpin, args.lan, args.lan6, wan_address, args.dmz)
     check_udp_timeouts({"udp_timeout": cfg.router_udp_timeout, "udp_timeout_stream": cfg.router_udp_stream_timeout})
-    apply(nat, first_time=not args.apply)
+    apply(nat, first_time=not args.apply, service=cfg.service)
     log.info("router: %s mapping, %s filtering, hairpin %s", nat.mode, nat.filtering, "on" if nat.hairpin else "off")
     if not args.apply:
         stream_conntrack(cfg.collector, cfg.service)

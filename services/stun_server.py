@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from shared import stun
 from shared.names import Name, create_dual_stack_socket, unmap_host
@@ -23,6 +23,7 @@ from shared.reporter import Reporter
 log = logging.getLogger(__name__)
 
 SOFTWARE = "socklab registry"
+REMEMBERED_SOURCES = 4096
 
 
 def create_udp_socket(host: str, port: int) -> socket.socket:
@@ -64,6 +65,8 @@ class StunResponder:
     def __init__(self, reporter: Reporter, port: int, addresses: tuple[str, ...] = (), alt_port: int = 3479) -> None:
         self.reporter = reporter
         self.stats: Counter[str] = Counter()
+        # The source each recent Binding request came from, by transaction id: a udp rendezvous's public name.
+        self.sources: OrderedDict[bytes, Name] = OrderedDict()
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.primary, self.alternate = check_addresses(addresses, port, alt_port)
         self.v6: socket.socket | None
@@ -104,6 +107,7 @@ class StunResponder:
             self.reporter.reject(sock, "recvfrom", addr, exc)
             return
         flow = stun.flow_id(request.transaction_id)
+        self.remember_source(request.transaction_id, addr)
         self.reporter.observe(sock, "recvfrom", flow, Role.SERVER, local=sock.getsockname(), remote=addr)
         out, response = self.respond(sock, request, addr)
         destination = response_destination(request, addr)
@@ -114,6 +118,12 @@ class StunResponder:
             return
         self.stats["stun_answered" if response.cls == stun.Class.RESPONSE else "stun_errors"] += 1
         self.reporter.observe(out, "sendto", flow, Role.SERVER, local=out.getsockname(), remote=destination)
+
+    def remember_source(self, transaction_id: bytes, addr: Name) -> None:
+        """Keep where a request came from, for a rendezvous naming its transaction; only the newest few."""
+        self.sources[transaction_id] = addr
+        while len(self.sources) > REMEMBERED_SOURCES:
+            self.sources.popitem(last=False)
 
     def respond(self, sock: socket.socket, request: stun.Message, addr: Name) -> tuple[socket.socket, stun.Message]:
         """Choose the socket the answer leaves from (CHANGE-REQUEST) and build it (RFC 5780 section 6.1)."""

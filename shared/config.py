@@ -199,6 +199,15 @@ SETTINGS = (
         parse_router_filter,
     ),
     Setting("NAT_HAIRPIN", "nat_hairpin", "off", "router hairpinning for the DMZ host: on or off", parse_switch),
+    Setting("NAT_MODE2", "nat_mode2", NatMode.CONE, "router2 (lan2's NAT): its NAT_MODE", parse_nat_mode),
+    Setting(
+        "NAT_FILTER2",
+        "nat_filter2",
+        Behaviour.ADDRESS_AND_PORT_DEPENDENT,
+        "router2 (lan2's NAT): its NAT_FILTER",
+        parse_router_filter,
+    ),
+    Setting("NAT_HAIRPIN2", "nat_hairpin2", "off", "router2 (lan2's NAT): its NAT_HAIRPIN", parse_switch),
     Setting(
         "SOCKLAB_LAN_SUBNET", "lan_subnet", "192.168.50.0/24", "router: the LAN it masquerades", parse_ipv4_network
     ),
@@ -254,6 +263,9 @@ class Config:
     nat_mode: NatMode
     nat_filter: Behaviour
     nat_hairpin: bool
+    nat_mode2: NatMode
+    nat_filter2: Behaviour
+    nat_hairpin2: bool
     lan_subnet: ipaddress.IPv4Network
     lan6_subnet: ipaddress.IPv6Network | None
     dmz: ipaddress.IPv4Address | None

@@ -5,6 +5,15 @@ Requests and replies are length-prefixed msgpack frames (shared.framing) on one 
   {"op": "lookup", "flow", "name", "reported"}            -> {"ok": true, "registrations": [...]}
   {"op": "list", "flow", "reported"}                      -> {"ok": true, "registrations": [...]}
   {"op": "stats", "flow", "reported"}                     -> {"ok": true, "stats": {...}}
+  {"op": "connect", "flow", "reported", "name", "peer", "proto", "private", "stun", "wait"}
+      -> when the peer asks too, both at once: {"ok": true, "rendezvous", "role", "proto", "self", "peer"}
+A rendezvous (`connect`) pairs two punchers: each says who it is (`name`), whom it wants (`peer`; empty:
+anyone who asks for it) and its punch socket's own name (`private`); the registry adds the name it saw
+that socket by (`public`): for tcp the request stream's source (the punch socket itself), for udp the
+source of the STUN Binding request whose transaction id `stun` names. The first to ask waits (up to
+`wait` seconds) until the other asks; then both get each other's names at once, and one rendezvous id,
+the flow id both ends report the punch under. An unknown peer, a peer that never asks and a name
+registered from another address get {"ok": false, "error"}.
 A request the registry cannot serve gets {"ok": false, "error"}; a stream that is not frames is closed.
 Every request carries the flow id the client reports its end under, and the name it connected from
 (`reported`), so the registry can set the name it observes beside it.
@@ -36,6 +45,11 @@ class RegistryOp(StrEnum):
     LOOKUP = "lookup"
     LIST = "list"
     STATS = "stats"
+    CONNECT = "connect"
+
+
+PUNCH_PROTOS = ("udp", "tcp")
+MAX_WAIT = 60.0
 
 
 @dataclass
@@ -84,25 +98,141 @@ class Registration:
         return cls(name, name_from_wire(obj.get("reported")), observed, ports, float(when))
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A punch socket's names: its own (`private`) and the one the registry saw it by (`public`)."""
+
+    name: str
+    public: tuple[str, int]
+    private: tuple[str, int]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The candidate as a rendezvous reply carries it."""
+        return {"name": self.name, "public": list(self.public), "private": list(self.private)}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Candidate:
+        """Check a candidate read from a reply."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            raise ValueError("rendezvous candidate needs a name")
+        public, private = name_from_wire(obj.get("public")), name_from_wire(obj.get("private"))
+        if not isinstance(public, tuple) or not isinstance(private, tuple):
+            raise ValueError("rendezvous candidate needs a public and a private name")
+        return cls(obj["name"], (unmap_host(public[0]), public[1]), (private[0], private[1]))
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """What the registry told both punchers at once: one id, who is client and server, both names."""
+
+    id: str
+    role: Role
+    proto: str
+    me: Candidate
+    peer: Candidate
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Rendezvous:
+        """Check a connect reply."""
+        rendezvous, role, proto = reply.get("rendezvous"), reply.get("role"), reply.get("proto")
+        if not isinstance(rendezvous, str) or role not in ("client", "server") or proto not in PUNCH_PROTOS:
+            raise ValueError("connect reply needs a rendezvous id, a role and a proto")
+        return cls(
+            rendezvous,
+            Role(role),
+            proto,
+            Candidate.from_wire(reply.get("self")),
+            Candidate.from_wire(reply.get("peer")),
+        )
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """A `connect` request, checked: who asks, for whom, over which protocol, from which punch socket."""
+
+    name: str
+    peer: str
+    proto: str
+    private: tuple[str, int]
+    stun: bytes
+    wait: float
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> ConnectRequest:
+        """Check a connect request; garbage raises ValueError."""
+        name, peer, proto = frame.get("name"), frame.get("peer", ""), frame.get("proto")
+        if not isinstance(name, str) or not name or not isinstance(peer, str) or peer == name:
+            raise ValueError("connect needs a name and a peer other than itself")
+        if proto not in PUNCH_PROTOS:
+            raise ValueError(f"connect proto must be one of {', '.join(PUNCH_PROTOS)}")
+        private = name_from_wire(frame.get("private"))
+        if not isinstance(private, tuple):
+            raise ValueError("connect needs the punch socket's private name")
+        stun = frame.get("stun", "")
+        if not isinstance(stun, str) or (proto == "udp" and len(stun) != 24):
+            raise ValueError("a udp connect needs its STUN transaction id (24 hex digits)")
+        wait = frame.get("wait", 5.0)
+        if not isinstance(wait, int | float) or not 0 < wait <= MAX_WAIT:
+            raise ValueError(f"connect wait must be a number of seconds in (0, {MAX_WAIT:g}]")
+        return cls(name, peer, proto, (private[0], private[1]), bytes.fromhex(stun), float(wait))
+
+
 def request(
     address: tuple[str, int], payload: dict[str, Any], reporter: Reporter, *, timeout: float = 5.0
 ) -> dict[str, Any]:
     """Send one request to the registry and report the client end's names under a new flow."""
-    flow = new_flow_id()
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(address)
-        reporter.observe(sock, "connect", flow, Role.CLIENT, remote=address)
-        local, peer = sock.getsockname(), sock.getpeername()
-        scenario = f"registry-{payload.get('op')}"
-        reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=peer)
-        reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
-        sock.sendall(pack_frame({**payload, "flow": flow, "reported": name_to_wire(local)}))
-        reply = recv_frame(sock)
+        return exchange(sock, address, payload, reporter)
+
+
+def exchange(
+    sock: socket.socket, address: tuple[str, int], payload: dict[str, Any], reporter: Reporter
+) -> dict[str, Any]:
+    """One request on a connected stream, its client end reported under a new flow; an error reply raises."""
+    flow = new_flow_id()
+    reporter.observe(sock, "connect", flow, Role.CLIENT, remote=address)
+    local, peer = sock.getsockname(), sock.getpeername()
+    scenario = f"registry-{payload.get('op')}"
+    reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=peer)
+    reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra={"scenario": scenario})
+    sock.sendall(pack_frame({**payload, "flow": flow, "reported": name_to_wire(local)}))
+    reply = recv_frame(sock)
     if not reply.get("ok"):
         raise LookupError(f"registry said: {reply.get('error')}")
     return reply
+
+
+def connect(
+    sock: socket.socket,
+    address: tuple[str, int],
+    name: str,
+    peer: str,
+    private: tuple[str, int],
+    reporter: Reporter,
+    *,
+    stun: bytes = b"",
+    wait: float = 3.0,
+) -> Rendezvous:
+    """Ask for a rendezvous with `peer` (empty: anyone asking for `name`) on a stream `sock` has connected.
+
+    For tcp, `sock` is the punch socket's own port (its request stream is what the registry sees it by);
+    for udp, `stun` is the transaction id of the Binding request the punch socket sent the registry.
+    """
+    proto = "udp" if stun else "tcp"
+    sock.settimeout(wait + 5.0)
+    payload = {
+        "op": RegistryOp.CONNECT.value,
+        "name": name,
+        "peer": peer,
+        "proto": proto,
+        "private": list(private),
+        "stun": stun.hex(),
+        "wait": wait,
+    }
+    return Rendezvous.from_reply(exchange(sock, address, payload, reporter))
 
 
 def register(

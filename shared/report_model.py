@@ -26,6 +26,7 @@ class FlowVerdict(StrEnum):
     DNAT = "dnat"
     PROXIED = "proxied"
     HAIRPIN = "hairpin"
+    TWO_NATS = "two-nats"
     UNMATCHED = "unmatched"
     SERVER_ONLY = "server-only"  # the client is not socklab's (nc, curl, ...): only the server's view exists
 

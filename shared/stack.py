@@ -228,9 +228,9 @@ class Stack:
         """Run `socklab client --json` in a client container; one dict per flow it ran."""
         return parse_json_lines(self.exec(service, "socklab", "client", "--json", *args))
 
-    def conntrack(self, *args: str) -> list[ConntrackEntry]:
-        """The router's conntrack table (`conntrack -L args`): the kernel's own record of every translation."""
-        return parse_conntrack(self.exec("router", "conntrack", "-L", *args, user="root"))
+    def conntrack(self, *args: str, router: str = "router") -> list[ConntrackEntry]:
+        """A router's conntrack table (`conntrack -L args`): the kernel's own record of every translation."""
+        return parse_conntrack(self.exec(router, "conntrack", "-L", *args, user="root"))
 
     def reporting_env(self, service: str) -> dict[str, str]:
         """The environment a socklab process needs to report as `service` to this stack (read from client-wan)."""

@@ -65,6 +65,9 @@ def test_every_variable_is_read_and_parsed() -> None:
         "NAT_MODE": "symmetric",
         "NAT_FILTER": "endpoint-independent",
         "NAT_HAIRPIN": "on",
+        "NAT_MODE2": "symmetric",
+        "NAT_FILTER2": "endpoint-independent",
+        "NAT_HAIRPIN2": "on",
         "SOCKLAB_LAN_SUBNET": "10.1.0.0/16",
         "SOCKLAB_LAN6_SUBNET": "",
         "SOCKLAB_DMZ": "10.1.0.20",
@@ -85,6 +88,11 @@ def test_every_variable_is_read_and_parsed() -> None:
     assert (cfg.ingest_port, cfg.query_port, cfg.http_port, cfg.bind_port) == (7, 8, 9, 10)
     assert (cfg.whoami_port, cfg.http_whoami_port) == (11, 12)
     assert (cfg.nat_mode, cfg.nat_filter, cfg.nat_hairpin) == (NatMode.SYMMETRIC, Behaviour.ENDPOINT_INDEPENDENT, True)
+    assert (cfg.nat_mode2, cfg.nat_filter2, cfg.nat_hairpin2) == (
+        NatMode.SYMMETRIC,
+        Behaviour.ENDPOINT_INDEPENDENT,
+        True,
+    )
     assert (cfg.lan_subnet, cfg.lan6_subnet) == (ipaddress.IPv4Network("10.1.0.0/16"), None)
     assert (cfg.dmz, cfg.log_level) == (ipaddress.IPv4Address("10.1.0.20"), "DEBUG")
     assert (cfg.router_udp_timeout, cfg.router_udp_stream_timeout) == (5, 11)

@@ -314,6 +314,53 @@ def test_hairpin_names_the_dnat_and_the_snat_and_is_not_called_a_proxy() -> None
     ]
 
 
+# A punched hole: client-lan behind router, client-lan2 behind router2, each end's names as it saw them.
+A_LAN, A_WAN = ("192.168.50.20", 33043), ("198.51.100.2", 33043)
+B_LAN, B_WAN = ("192.168.60.20", 34316), ("198.51.100.5", 34316)
+
+
+def punched(b_sent_first: bool) -> Evidence:
+    """Both routers' entries for one punched udp hole; router2's made by B's packet out, or A's let in."""
+    near = event(original=(A_LAN, B_WAN), reply=(B_WAN, A_WAN), proto=Proto.UDP)
+    far = (
+        event(original=(B_LAN, A_WAN), reply=(A_WAN, B_WAN), proto=Proto.UDP, conntrack_id=8)
+        if b_sent_first
+        else event(original=(A_WAN, B_WAN), reply=(B_LAN, A_WAN), proto=Proto.UDP, conntrack_id=8)
+    )
+    far = ConntrackEvent(**{**far.__dict__, "service": "router2", "host": "router2-host"})
+    return Evidence([near, far])
+
+
+@pytest.mark.parametrize("b_sent_first", [True, False])
+def test_a_hole_between_two_nats_names_both_routers_and_is_not_called_a_proxy(b_sent_first: bool) -> None:
+    records = [
+        observed(Role.CLIENT, "sendto", remote=B_WAN, proto=Proto.UDP),
+        observed(Role.CLIENT, "recvfrom", remote=B_WAN, proto=Proto.UDP),
+        observed(Role.CLIENT, "getsockname", local=A_LAN, proto=Proto.UDP, extra={"scenario": "punch-udp"}),
+        observed(Role.SERVER, "recvfrom", remote=A_WAN, proto=Proto.UDP),
+        observed(Role.SERVER, "getsockname", local=B_LAN, proto=Proto.UDP),
+    ]
+    flow = only_flow(records, punched(b_sent_first))
+    assert flow.verdict == FlowVerdict.TWO_NATS
+    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+        ("router", HopKind.SNAT, A_LAN, A_WAN),
+        ("router2", HopKind.DNAT, B_WAN, B_LAN),
+    ]
+    assert ("reply direction" in flow.path[1].rule) == b_sent_first
+
+
+def test_without_the_second_routers_entry_the_flow_stays_proxied() -> None:
+    records = [
+        observed(Role.CLIENT, "sendto", remote=B_WAN, proto=Proto.UDP),
+        observed(Role.CLIENT, "getsockname", local=A_LAN, proto=Proto.UDP, extra={"scenario": "punch-udp"}),
+        observed(Role.SERVER, "recvfrom", remote=A_WAN, proto=Proto.UDP),
+        observed(Role.SERVER, "getsockname", local=B_LAN, proto=Proto.UDP),
+    ]
+    near = event(original=(A_LAN, B_WAN), reply=(B_WAN, A_WAN), proto=Proto.UDP)
+    flow = only_flow(records, Evidence([near]))
+    assert flow.verdict == FlowVerdict.PROXIED and flow.path == ()
+
+
 def stun_change_request(answered: bool) -> list[Observation]:
     """natcheck's CHANGE-REQUEST transaction behind the router: sent to .3:3478, answered from .4:3479."""
     sent, origin = ("198.51.100.3", 3478), ("198.51.100.4", 3479)
