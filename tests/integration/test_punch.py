@@ -75,7 +75,8 @@ def test_punch_through_both_cone_nats_is_seen_alike_by_both_ends_and_both_router
     assert outside_name(near, mine) == address(me["seen_by_peer_as"]), "router's entry: our public name"
     peer_local = address(wire["server"]["sockname"])
     assert peer_local[0] == stack.ip("client-lan2", "lan2")
-    far = entry_between(stack.conntrack("-p", proto, router="router2"), peer_local, address(peer["seen_from"]))
+    peer_sent_to = address(me["seen_by_peer_as"])
+    far = entry_between(stack.conntrack("-p", proto, router="router2"), peer_local, peer_sent_to)
     assert outside_name(far, peer_local) == address(peer["reached_at"]), "router2's entry: its public name"
 
 
