@@ -128,6 +128,7 @@ def run_matrix(stack: Stack) -> list[Row]:
     finally:
         for router in ROUTERS:
             apply(stack, router, None)
+        time.sleep(REPARK)  # so the next punch meets a serving end that asked behind the restored router
     return rows
 
 

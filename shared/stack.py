@@ -230,7 +230,9 @@ class Stack:
 
     def conntrack(self, *args: str, router: str = "router") -> list[ConntrackEntry]:
         """A router's conntrack table (`conntrack -L args`): the kernel's own record of every translation."""
-        return parse_conntrack(self.exec(router, "conntrack", "-L", *args, user="root"))
+        # Its summary goes to stderr, which exec_run merges into stdout, at times in the middle of a line.
+        listing = " ".join(["conntrack", "-L", *args, "2>/dev/null"])
+        return parse_conntrack(self.exec(router, "sh", "-c", listing, user="root"))
 
     def reporting_env(self, service: str) -> dict[str, str]:
         """The environment a socklab process needs to report as `service` to this stack (read from client-wan)."""
