@@ -6,8 +6,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import zmq
+
+from services.client import SCENARIOS, Outcome, Target
 from shared.conntrack import ConntrackEntry
 from shared.names import unmap_host
+from shared.reporter import Reporter
 from shared.stack import Stack
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -31,3 +35,17 @@ def run_script(stack: Stack, service: str, script: str, *args: str) -> str:
     does not reach a tmpfs.
     """
     return stack.exec(service, "python3", "-c", (SCRIPTS / script).read_text(), *args)
+
+
+def run_from_host(stack: Stack, scenario_name: str, host: str) -> tuple[Outcome, int, str]:
+    """Run one client scenario from the host against echo's port published on `host`: the user's own view."""
+    [scenario] = [s for s in SCENARIOS if s.name == scenario_name]
+    proto = str(scenario.proto)
+    port = stack.published_port("echo", f"7007/{proto}", host)
+    context = zmq.Context()
+    reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
+    try:
+        return scenario.run(reporter, Target(scenario, (host, port))), port, proto
+    finally:
+        reporter.close()
+        context.term()

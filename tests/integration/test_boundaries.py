@@ -5,31 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-import zmq
 
-from services.client import SCENARIOS, Target
 from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.report_model import FlowVerdict
-from shared.reporter import Reporter
 from shared.stack import Stack
 from tests.helpers import ends, host_port
-from tests.integration.stack import same_host
+from tests.integration.stack import run_from_host, same_host
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(("scenario_name", "host"), [("tcp4", "127.0.0.1"), ("udp4", "127.0.0.1"), ("tcp6", "::1")])
 def test_host_to_published_port(stack: Stack, scenario_name: str, host: str) -> None:
-    [scenario] = [s for s in SCENARIOS if s.name == scenario_name]
-    proto = str(scenario.proto)
-    port = stack.published_port("echo", f"7007/{proto}", host)
-    context = zmq.Context()
-    reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
-    try:
-        outcome = scenario.run(reporter, Target(scenario, (host, port)))
-    finally:
-        reporter.close()
-        context.term()
+    outcome, port, proto = run_from_host(stack, scenario_name, host)
     flow = stack.wait_for_flow(outcome.flow)
     client, server = ends(flow)
     (my_host, my_port), (peer_host, peer_port) = host_port(client.sockname), host_port(client.peername)
