@@ -1,77 +1,56 @@
 """collector: ingests every service's records over ZeroMQ, keeps them, joins flows, answers queries.
 
 Sockets (the stable side binds):
-  PULL on SOCKLAB_INGEST_PORT: msgpack records (shared.record); a bad one is counted, logged, kept out.
+  ROUTER on SOCKLAB_INGEST_PORT: numbered records and gap notices from reporters' DEALERs (shared.delivery);
+                 a bad one is counted, logged, kept out. Each batch read is stored with one write and one
+                 fsync, then acknowledged to its senders; a duplicate (reporter, seq) is acknowledged, not stored.
   REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "flows" | "records" | "flow"}.
 Records of other kinds (the router's conntrack events, the Docker host's bindings) are stored the same
 way and are the evidence each flow's path is traced from (services.paths).
-Every accepted record is appended to an append-only store before it is indexed, so a restart
-replays the store and loses nothing stored. Flows and counts are indexed as records arrive
-(services.flow_index), so a query or a page costs what it shows. Topology records (where each service
-runs) are kept per host, newest only, for the page's picture (services.picture).
+Every accepted record is appended to an append-only store (services.store) before it is indexed or
+acknowledged, so a restart replays the store and loses nothing acknowledged; a store that cannot write
+stops acknowledging (the reporters keep and resend) and the collector keeps serving. Flows and counts
+are indexed as records arrive (services.flow_index), so a query or a page costs what it shows. Topology
+records (where each service runs) are kept per host, newest only, for the page's picture (services.picture).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
-import os
-import struct
 import threading
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
 from services.flow_index import FlowIndex
+from services.ledger import Ledger
 from services.page_server import serve_page
+from services.store import Entry, Store
 from shared.collector_protocol import FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
+from shared.delivery import (
+    MAX_ACK_RANGES,
+    NO_REPORTER,
+    Gap,
+    Message,
+    MessageKind,
+    pack_ack,
+    to_ranges,
+    unpack_gap,
+    unpack_message,
+)
 from shared.fields import optional, typed
 from shared.readiness import mark_ready
 from shared.record import ConntrackEvent, DockerBinding, Observation, Record, Topology, unpack_record
-from shared.report_model import Flow, NatCheck, NatCheckResult, Report, check_evidence
+from shared.report_model import Flow, LostRange, NatCheck, NatCheckResult, Report, check_evidence
 
 log = logging.getLogger(__name__)
 
-STORE_HEADER = struct.Struct("!I")
-
-
-class Store:
-    """An append-only file of length-prefixed records."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._file = open(path, "ab")  # noqa: SIM115 - held open for the store's life
-
-    def append(self, record: bytes) -> None:
-        """Write one record through to the file."""
-        self._file.write(STORE_HEADER.pack(len(record)) + record)
-        self._file.flush()
-
-    def replay(self) -> Iterator[bytes]:
-        """Yield every whole record stored; a torn tail from a crash is reported and cut off."""
-        with open(self.path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + STORE_HEADER.size <= len(data):
-            (length,) = STORE_HEADER.unpack_from(data, pos)
-            end = pos + STORE_HEADER.size + length
-            if end > len(data):
-                break
-            yield data[pos + STORE_HEADER.size : end]
-            pos = end
-        if pos != len(data):
-            log.warning("store %s has a torn tail of %d bytes, cut off", self.path, len(data) - pos)
-            os.truncate(self.path, pos)  # else records appended after it would be swallowed by its length
-
-    def close(self) -> None:
-        """Close the store's file."""
-        self._file.close()
+BATCH = 1000  # messages read, stored with one fsync and acknowledged at a time
 
 
 def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
@@ -121,30 +100,93 @@ class Collector:
         self.service_rejects: Counter[str] = Counter()
         self.rejected = 0
         self.bad_queries = 0
-        for raw in store.replay():
-            try:
-                self.keep(*read_record(raw))
-            except ValueError as exc:
-                log.warning("stored record skipped: %s", exc)
+        self.ledger = Ledger()
+        self.replay()
+
+    def replay(self) -> None:
+        """Index everything stored (the cyclic GC paused meanwhile: it would rescan all that is kept, many times)."""
+        gc.disable()
+        try:
+            for entry in self.store.replay():
+                message = Message(entry.kind, entry.reporter, entry.seq, entry.body)
+                if self.ledger.has(entry.reporter, entry.seq):
+                    self.ledger.duplicates += 1  # a write that failed after reaching the disk, then resent
+                    continue
+                try:
+                    self.account(message, *self.check(message))
+                except ValueError as exc:
+                    log.warning("stored record skipped: %s", exc)
+        finally:
+            gc.enable()
         log.info(
-            "replayed %d records, %d conntrack events, %d bindings from %s",
+            "replayed %d records, %d conntrack events, %d bindings, %d reporters from %s",
             len(self.observations),
             len(self.conntrack),
             len(self.bindings),
-            store.path,
+            len(self.ledger.accounts),
+            self.store.path,
         )
 
     def ingest(self, raw: bytes) -> bool:
-        """Check, store and index one record; False when it was rejected."""
-        try:
-            record, natcheck = read_record(raw)
-        except ValueError as exc:
-            self.rejected += 1
-            log.warning("rejected record #%d: %s", self.rejected, exc)
-            return False
-        self.store.append(raw)
-        self.keep(record, natcheck)
-        return True
+        """Check, store and index one unnumbered record; False when it was rejected or could not be stored."""
+        rejected = self.rejected
+        held = self.ingest_batch([Message(MessageKind.RECORD, NO_REPORTER, 0, raw)])
+        return held is not None and self.rejected == rejected
+
+    def refuse(self, what: str, reason: Exception) -> None:
+        """Count and log a message that is kept out."""
+        self.rejected += 1
+        log.warning("rejected %s #%d: %s", what, self.rejected, reason)
+
+    def check(self, message: Message) -> tuple[Record | Gap, NatCheck | None]:
+        """Decode and check a message's body: a record (and the NAT check it carries) or a gap notice."""
+        if message.kind == MessageKind.GAP:
+            return unpack_gap(message.body), None
+        return read_record(message.body)
+
+    def ingest_batch(self, messages: list[Message]) -> dict[bytes, list[int]] | None:
+        """Check, store (one write, one fsync) and index a batch: per reporter, the numbers now held; None if the
+        store failed, so nothing is acknowledged and the reporters keep and resend."""
+        held: dict[bytes, list[int]] = defaultdict(list)
+        batch: list[tuple[Message, Record | Gap, NatCheck | None]] = []
+        pending: set[tuple[bytes, int]] = set()
+        for message in messages:
+            key = (message.reporter, message.seq)
+            if key in pending or self.ledger.has(*key):
+                self.ledger.duplicates += 1
+                held[message.reporter].append(message.seq)
+                continue
+            try:
+                batch.append((message, *self.check(message)))
+            except ValueError as exc:
+                self.refuse("record" if message.kind == MessageKind.RECORD else "gap", exc)
+                held[message.reporter].append(message.seq)  # acknowledged all the same: a resend cannot mend it
+                continue
+            if message.reporter != NO_REPORTER:
+                pending.add(key)
+        entries = [Entry(m.kind, m.reporter, m.seq, m.body) for m, _, _ in batch]
+        if entries and not self.store.append_batch(entries):
+            return None
+        for message, item, natcheck in batch:
+            self.account(message, item, natcheck)
+            held[message.reporter].append(message.seq)
+        return held
+
+    def account(self, message: Message, item: Record | Gap, natcheck: NatCheck | None) -> None:
+        """Note a stored message in the ledger, and index it if it is a record."""
+        with self.lock:
+            if isinstance(item, Gap):
+                self.ledger.add_gap(message.reporter, message.seq, item)
+                log.warning(
+                    "%s dropped %d records (numbers %d..%d): window full",
+                    item.service,
+                    item.count,
+                    item.first,
+                    item.last,
+                )
+                return
+            self.ledger.add(message.reporter, message.seq, item.service)
+        self.keep(item, natcheck)
 
     def keep(self, record: Record, natcheck: NatCheck | None) -> None:
         """Index one checked record by its kind, its counts and the NAT check it carries; a host's new topology
@@ -188,6 +230,13 @@ class Collector:
                 service_rejects=dict(self.service_rejects),
                 drops=dict(self.drops),
                 natchecks=tuple(self.natchecks),
+                lost=dict(self.ledger.lost),
+                gaps=tuple(
+                    LostRange(gap.service, reporter.hex()[:8], gap.first, gap.last)
+                    for reporter, gap in self.ledger.gaps
+                ),
+                missing=self.ledger.missing(),
+                duplicates=self.ledger.duplicates,
             )
 
     def hosts(self) -> list[Topology]:
@@ -224,37 +273,58 @@ class Collector:
 
 
 def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq.Socket]:
-    """Bind PULL for records and REP for queries; an endpoint ending in :* takes a port no one holds."""
-    pull = context.socket(zmq.PULL)
+    """Bind ROUTER for reporters and REP for queries; an endpoint ending in :* takes a port no one holds."""
+    router = context.socket(zmq.ROUTER)
     rep = context.socket(zmq.REP)
     try:
-        pull.bind(ingest)
+        router.bind(ingest)
         rep.bind(query)
     except zmq.ZMQError:
-        pull.close(linger=0)
+        router.close(linger=0)
         rep.close(linger=0)
         raise
-    return pull, rep
+    return router, rep
 
 
-def serve(collector: Collector, pull: zmq.Socket, rep: zmq.Socket, stop: threading.Event) -> None:
+def take_batch(collector: Collector, router: zmq.Socket) -> None:
+    """Read what is waiting (up to BATCH), store it with one fsync, and acknowledge to each sender what is held."""
+    senders: dict[bytes, bytes] = {}  # reporter id -> the connection it last came from
+    messages: list[Message] = []
+    for _ in range(BATCH):
+        try:
+            parts = router.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            if len(parts) != 2:
+                raise ValueError(f"message has {len(parts) - 1} frames, not 1")
+            message = unpack_message(parts[1])
+        except ValueError as exc:
+            collector.refuse("message", exc)
+            continue
+        senders[message.reporter] = parts[0]
+        messages.append(message)
+    held = collector.ingest_batch(messages)
+    for reporter, seqs in (held or {}).items():
+        ranges = to_ranges(seqs)
+        for start in range(0, len(ranges), MAX_ACK_RANGES):
+            router.send_multipart([senders[reporter], pack_ack(reporter, ranges[start : start + MAX_ACK_RANGES])])
+
+
+def serve(collector: Collector, router: zmq.Socket, rep: zmq.Socket, stop: threading.Event) -> None:
     """Serve records and queries from one poller until `stop` is set, then close both sockets."""
     poller = zmq.Poller()
-    poller.register(pull, zmq.POLLIN)
+    poller.register(router, zmq.POLLIN)
     poller.register(rep, zmq.POLLIN)
     try:
         while not stop.is_set():
             ready = dict(poller.poll(200))
-            if pull in ready:
-                for _ in range(1000):
-                    try:
-                        collector.ingest(pull.recv(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+            if router in ready:
+                take_batch(collector, router)
             if rep in ready:
                 rep.send(pack_reply(collector.answer(rep.recv())))
     finally:
-        pull.close(linger=0)
+        router.close(linger=0)
         rep.close(linger=0)
 
 
@@ -266,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     store = Store(args.store)
     collector = Collector(store)
+    gc.freeze()  # what the replay kept lives as long as the collector: the cyclic GC need not scan it again
     context = zmq.Context()
     serve_page(collector, "", cfg.http_port)
     log.info("collector ingesting on %d, answering on %d, page on %d", cfg.ingest_port, cfg.query_port, cfg.http_port)

@@ -120,7 +120,21 @@ def format_table(report: Report, wide: bool = False) -> str:
     lines.extend(format_natchecks(report.natchecks))
     if report.service_rejects:
         lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report.service_rejects.items()))
+    lines.extend(format_losses(report))
     return "\n".join(lines)
+
+
+def format_losses(report: Report) -> list[str]:
+    """What reporters dropped (their window was full) or never delivered, so loss is never silent."""
+    lines = []
+    if report.lost:
+        lines.append("LOST, reporter window full: " + ", ".join(f"{s} {n}" for s, n in sorted(report.lost.items())))
+        lines.extend(f"  {g.service} ({g.reporter}) records {g.first}..{g.last}" for g in report.gaps[-10:])
+    if report.missing:
+        lines.append("missing, not yet resent: " + ", ".join(f"{s} {n}" for s, n in sorted(report.missing.items())))
+    if report.duplicates:
+        lines.append(f"duplicates dropped (resent after a lost ack): {report.duplicates}")
+    return lines
 
 
 def format_natchecks(checks: Iterable[NatCheck]) -> list[str]:

@@ -411,6 +411,31 @@ class NatCheck:
 
 
 @dataclass(frozen=True)
+class LostRange:
+    """Records a reporter dropped because its window was full: its service, its id (a prefix), which numbers."""
+
+    service: str
+    reporter: str
+    first: int
+    last: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The range as the report carries it."""
+        return {"service": self.service, "reporter": self.reporter, "first": self.first, "last": self.last}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> LostRange:
+        """Check and read a lost range."""
+        lost = require_map(obj, "lost range")
+        return cls(
+            service=typed(lost, "service", str, "lost range"),
+            reporter=typed(lost, "reporter", str, "lost range"),
+            first=typed(lost, "first", int, "lost range"),
+            last=typed(lost, "last", int, "lost range"),
+        )
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything a reader needs: joined flows, NAT checks, and the counts that say nothing was lost."""
 
@@ -421,6 +446,10 @@ class Report:
     service_rejects: dict[str, int] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     natchecks: tuple[NatCheck, ...] = ()
+    lost: dict[str, int] = field(default_factory=dict)
+    gaps: tuple[LostRange, ...] = ()
+    missing: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
 
     def flow(self, flow_id: str) -> Flow | None:
         """The flow with this id, if the report holds it."""
@@ -436,15 +465,19 @@ class Report:
             "service_rejects": dict(self.service_rejects),
             "drops": dict(self.drops),
             "natchecks": [check.to_wire() for check in self.natchecks],
+            "lost": dict(self.lost),
+            "gaps": [gap.to_wire() for gap in self.gaps],
+            "missing": dict(self.missing),
+            "duplicates": self.duplicates,
         }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Report:
         """Check and read a report (extra keys, such as a reply's "ok", are ignored)."""
         report = require_map(obj, "report")
-        flows, natchecks = report.get("flows", []), report.get("natchecks", [])
-        if not isinstance(flows, list) or not isinstance(natchecks, list):
-            raise ValueError("report 'flows' and 'natchecks' must be lists")
+        flows, natchecks, gaps = report.get("flows", []), report.get("natchecks", []), report.get("gaps", [])
+        if not isinstance(flows, list) or not isinstance(natchecks, list) or not isinstance(gaps, list):
+            raise ValueError("report 'flows', 'natchecks' and 'gaps' must be lists")
         return cls(
             flows=tuple(Flow.from_wire(flow) for flow in flows),
             methods=counts(report.get("methods", {}), "report 'methods'"),
@@ -453,4 +486,8 @@ class Report:
             service_rejects=counts(report.get("service_rejects", {}), "report 'service_rejects'"),
             drops=counts(report.get("drops", {}), "report 'drops'"),
             natchecks=tuple(NatCheck.from_wire(check) for check in natchecks),
+            lost=counts(report.get("lost", {}), "report 'lost'"),
+            gaps=tuple(LostRange.from_wire(gap) for gap in gaps),
+            missing=counts(report.get("missing", {}), "report 'missing'"),
+            duplicates=typed(report, "duplicates", int, "report") if "duplicates" in report else 0,
         )

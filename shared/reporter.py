@@ -1,51 +1,109 @@
-"""The one reporter: pushes records to the collector and never makes the data path wait.
+"""The one reporter: numbers records, keeps each until the collector has it on disk, never makes the data path wait.
 
-The bounded queue is ZeroMQ's own send queue (SNDHWM). Every send is non-blocking; a record
-that does not fit is dropped and counted, and the count travels in the next record that fits.
+The data path only packs a record, numbers it and appends it to a bounded window; a courier thread
+owns the DEALER socket, sends (never blocking), reads the collector's acks, forgets what they cover and
+resends what stayed unacknowledged too long (a collector that was killed or restarted). When the
+window is full a record is dropped and counted, and the gap (how many, which sequence numbers) is sent
+as a message of its own once there is room, so the collector can show what was lost.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import os
 import socket
+import threading
+import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
 import zmq
 
+from shared.delivery import Gap, MessageKind, pack_gap, pack_message, unpack_ack
 from shared.host_topology import read_topology
 from shared.names import Name
 from shared.record import Family, Method, Observation, Proto, Record, Role, pack_record
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HWM = 10_000
+DEFAULT_WINDOW = 10_000
+RESEND_AFTER = 2.0  # seconds a record may wait for its ack before it is sent again
+COURIER_TICK = 0.1  # the courier's longest sleep: resends and a missed wake-up wait at most this long
+
+
+def connect_dealer(context: zmq.Context, endpoint: str, window: int) -> zmq.Socket:
+    """The reporter's one socket: a DEALER connected to the collector's ROUTER (the stable side binds)."""
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.SNDHWM, window)
+    dealer.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged or still in the window
+    dealer.connect(endpoint)
+    return dealer
 
 
 class Reporter:
-    """A PUSH socket that connects to the collector (the stable side binds)."""
+    """Numbered, acknowledged, resent records; a full window drops and says so."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, service: str, *, hwm: int = DEFAULT_HWM) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        service: str,
+        *,
+        window: int = DEFAULT_WINDOW,
+        resend_after: float = RESEND_AFTER,
+    ) -> None:
         self.service = service
         self.host = socket.gethostname()
+        self.id = uuid.uuid4().bytes
+        self.window = window
+        self.resend_after = resend_after
         self.sent = 0
         self.dropped = 0
-        self._push = context.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, hwm)
-        self._push.setsockopt(zmq.LINGER, 2000)
-        self._push.connect(endpoint)
+        self.acked = 0
+        self.resent = 0
+        self.bad_acks = 0
+        self._seq = itertools.count(1)
+        self._gap: Gap | None = None
+        self._unacked: dict[int, tuple[bytes, float]] = {}  # seq -> (frame, when last sent)
+        self._fresh: collections.deque[bytes] = collections.deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._closing = threading.Event()
+        self._dealer = connect_dealer(context, endpoint, window)
+        self._courier = threading.Thread(target=self._run_courier, name=f"reporter-{service}", daemon=True)
+        self._courier.start()
+
+    @property
+    def unacked(self) -> int:
+        """Records sent or queued that the collector has not yet said are stored."""
+        return len(self._unacked)
 
     def report(self, record: Record) -> bool:
         """Queue one record of any kind without waiting; False when it was dropped."""
-        try:
-            self._push.send(pack_record(record), zmq.NOBLOCK)
-        except zmq.Again:
+        seq = next(self._seq)
+        if len(self._unacked) >= self.window:
             self.dropped += 1
+            first = self._gap.first if self._gap else seq
+            self._gap = Gap(first, seq, self.service)
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
-                log.warning("report queue full: %d records dropped", self.dropped)
+                log.warning("report window full: %d records dropped", self.dropped)
             return False
+        if self._gap is not None:
+            gap, self._gap = self._gap, None
+            self._queue(seq, pack_message(MessageKind.GAP, self.id, seq, pack_gap(gap)))
+            seq = next(self._seq)
+        self._queue(seq, pack_message(MessageKind.RECORD, self.id, seq, pack_record(record)))
         self.sent += 1
         return True
+
+    def _queue(self, seq: int, frame: bytes) -> None:
+        """Keep a frame until it is acknowledged and hand it to the courier, waking it if it may sleep."""
+        self._unacked[seq] = (frame, time.monotonic())
+        self._fresh.append(frame)
+        if len(self._fresh) == 1:
+            os.eventfd_write(self._wake, 1)
 
     def report_topology(self) -> bool:
         """Say once, at start, where this service runs: its interfaces, addresses and routes."""
@@ -84,6 +142,84 @@ class Reporter:
         log.warning("%s rejected %s input from %s: %s", self.service, method, remote, reason)
         self.observe(sock, method, None, Role.SERVER, remote=remote, extra={"rejected": str(reason)})
 
-    def close(self) -> None:
-        """Give queued records a moment to leave, then close."""
-        self._push.close()
+    def flush(self, timeout: float) -> bool:
+        """Wait until the collector has acknowledged every record so far; False if the time ran out."""
+        deadline = time.monotonic() + timeout
+        while self._unacked and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._unacked
+
+    def close(self, grace: float = 2.0) -> None:
+        """Give unacknowledged records `grace` seconds to be stored, then stop; say how many were not."""
+        self.flush(grace)
+        self._closing.set()
+        os.eventfd_write(self._wake, 1)
+        self._courier.join()
+        os.close(self._wake)
+        if self._unacked:
+            log.warning("%d records of %s not acknowledged at close", len(self._unacked), self.service)
+
+    def _run_courier(self) -> None:
+        """Send, read acks and resend until closed; the only thread that touches the socket."""
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        resend_at = time.monotonic() + self.resend_after
+        try:
+            while not self._closing.is_set():
+                ready = dict(poller.poll(int(COURIER_TICK * 1000)))
+                if self._wake in ready:
+                    os.eventfd_read(self._wake)
+                if self._dealer in ready:
+                    self._take_acks()
+                self._send_fresh()
+                if time.monotonic() >= resend_at:
+                    self._resend_stale()
+                    resend_at = time.monotonic() + self.resend_after / 4
+        except zmq.ZMQError as exc:  # the context was terminated under us: nothing left to deliver with
+            log.warning("reporter of %s stopped: %s; %d records unacknowledged", self.service, exc, len(self._unacked))
+        finally:
+            self._dealer.close(linger=0)
+
+    def _send_fresh(self) -> None:
+        """Send what the data path queued, in order, until the socket's queue is full."""
+        while self._fresh:
+            try:
+                self._dealer.send(self._fresh[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return  # the collector is away or slow: the frames wait here, in the window's bound
+            self._fresh.popleft()
+
+    def _take_acks(self) -> None:
+        """Forget every record the collector says is stored."""
+        while True:
+            try:
+                frame = self._dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reporter, ranges = unpack_ack(frame)
+                if reporter != self.id:
+                    raise ValueError("ack is for another reporter")
+            except ValueError as exc:
+                self.bad_acks += 1
+                log.warning("bad ack #%d from the collector: %s", self.bad_acks, exc)
+                continue
+            for first, last in ranges:
+                for seq in range(first, last + 1):
+                    if self._unacked.pop(seq, None) is not None:
+                        self.acked += 1
+
+    def _resend_stale(self) -> None:
+        """Send again every record whose ack is overdue: the collector that had it may have died."""
+        now = time.monotonic()
+        for seq, (frame, when) in list(self._unacked.items()):
+            if now - when < self.resend_after:
+                continue
+            try:
+                self._dealer.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if seq in self._unacked:
+                self._unacked[seq] = (frame, now)
+            self.resent += 1

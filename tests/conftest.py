@@ -164,7 +164,7 @@ def make_reporter(zmq_context: zmq.Context, live_collector: LiveCollector) -> It
         yield make
     finally:
         for reporter in made:
-            reporter.close()
+            reporter.close(grace=0.1)  # the serve loops may have stopped the collector already
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import zmq
 from services.collector import Collector, Store, serve_page
 from services.report import format_table
 from shared.collector_protocol import query_collector
+from shared.delivery import MessageKind, pack_message, unpack_ack, unpack_message
 from shared.nat import Behaviour
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation
 from shared.report_model import Flow, FlowVerdict, NatCheckResult, Report, StunTransaction
@@ -43,7 +44,7 @@ def test_bad_records_are_counted_and_neither_kept_nor_stored(tmp_path: Path) -> 
     results = [collector.ingest(raw) for raw in [BAD[0], GOOD[0], BAD[1], GOOD[1], BAD[2], BAD[3], GOOD[2]]]
     assert results == [False, True, False, True, False, False, True]
     assert (len(collector.observations), collector.rejected) == (3, 4)
-    assert list(collector.store.replay()) == GOOD, "the store holds exactly the accepted records"
+    assert list(collector.store.records()) == GOOD, "the store holds exactly the accepted records"
     collector.store.close()
 
 
@@ -173,14 +174,39 @@ def test_a_bad_filter_is_a_counted_error(
     assert live_collector.collector.bad_queries == 1
 
 
-def test_garbage_over_zeromq_is_counted(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
-    push = zmq_socket(zmq.PUSH)
-    push.connect(live_collector.ingest)
-    for raw in [BAD[0], GOOD[0], BAD[1]]:
-        push.send(raw)
-    push.send(GOOD[1])  # one PUSH socket keeps order: once this is in, so are the others
-    live_collector.wait_for_records(count=2)
-    assert live_collector.collector.rejected == 2
+def test_garbage_over_zeromq_is_counted_and_acknowledged(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(live_collector.ingest)
+    rid = bytes(range(16))
+    dealer.send(b"\x01 too short")
+    dealer.send_multipart([pack_message(MessageKind.RECORD, rid, 1, GOOD[0]), b"a second frame"])
+    dealer.send(pack_message(MessageKind.ACK, rid, 2, GOOD[0]))
+    dealer.send(pack_message(MessageKind.RECORD, rid, 0, GOOD[0]))
+    for seq, body in enumerate([BAD[0], GOOD[0], BAD[1], GOOD[1]], start=1):
+        dealer.send(pack_message(MessageKind.RECORD, rid, seq, body))
+    dealer.send(pack_message(MessageKind.GAP, rid, 5, b"\x00"))
+    dealer.send(pack_message(MessageKind.RECORD, rid, 6, GOOD[2]))  # one socket keeps order: then all are in
+    live_collector.wait_for_records(count=3)
+    assert live_collector.collector.rejected == 7
+    acked: set[int] = set()
+    while len(acked) < 6:
+        reporter, ranges = unpack_ack(dealer.recv())
+        assert reporter == rid
+        acked.update(seq for first, last in ranges for seq in range(first, last + 1))
+    assert acked == {1, 2, 3, 4, 5, 6}, "garbage is acknowledged too: resending cannot mend it"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"\x01", "message of 1 bytes is shorter than its 25-byte header"),
+        (pack_message(MessageKind.ACK, bytes(16), 1, b""), "message kind 3 is not a record or a gap"),
+        (pack_message(MessageKind.RECORD, bytes(16), 0, b""), "message sequence number 0 is reserved"),
+    ],
+)
+def test_a_bad_message_is_refused_saying_why(frame: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=f"^{error}$"):
+        unpack_message(frame)
 
 
 RESULT = NatCheckResult(

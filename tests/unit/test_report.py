@@ -188,7 +188,19 @@ def test_report_command_prints_the_collectors_report_as_json_and_as_a_table(
     main(["--json", "--query", live_collector.query])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(live_collector.collector.report().to_wire()))
-    assert list(printed) == ["flows", "methods", "records", "rejected", "service_rejects", "drops", "natchecks"]
+    assert list(printed) == [
+        "flows",
+        "methods",
+        "records",
+        "rejected",
+        "service_rejects",
+        "drops",
+        "natchecks",
+        "lost",
+        "gaps",
+        "missing",
+        "duplicates",
+    ]
     assert Report.from_wire(printed) == live_collector.collector.report()
     main(["--query", live_collector.query])
     assert capsys.readouterr().out == format_table(live_collector.collector.report()) + "\n"

@@ -89,7 +89,19 @@ def test_every_part_round_trips_json_byte_for_byte(part: Any) -> None:
 
 def test_report_keys_are_the_contract() -> None:
     wire = REPORT.to_wire()
-    assert list(wire) == ["flows", "methods", "records", "rejected", "service_rejects", "drops", "natchecks"]
+    assert list(wire) == [
+        "flows",
+        "methods",
+        "records",
+        "rejected",
+        "service_rejects",
+        "drops",
+        "natchecks",
+        "lost",
+        "gaps",
+        "missing",
+        "duplicates",
+    ]
     assert list(wire["flows"][0]) == [
         *(
             "flow",
@@ -139,7 +151,7 @@ def wire(**changes: Any) -> dict[str, Any]:
     ("kind", "obj", "error"),
     [
         (Report, [], "report is a list, not a map"),
-        (Report, {"flows": {}, "records": 0, "rejected": 0}, "report 'flows' and 'natchecks' must be lists"),
+        (Report, {"flows": {}, "records": 0, "rejected": 0}, "report 'flows', 'natchecks' and 'gaps' must be lists"),
         (Report, {"flows": []}, "report has no 'records'"),
         (Report, {"records": True, "rejected": 0}, "report 'records' has type bool"),
         (

@@ -1,71 +1,196 @@
-"""The reporter: records reach a real PULL socket, and a full queue drops and counts instead of blocking."""
+"""The reporter: numbered records reach a real ROUTER, stay until acknowledged, are resent to a restarted
+collector and stored once; a full window drops, never blocks, and the gap reaches the report."""
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import zmq
 
-from shared.record import Proto, Role, unpack_observation
+import services.store
+from services.collector import Collector, Store, bind, serve
+from services.report import format_table
+from shared.collector_protocol import query_collector
+from shared.delivery import Message, MessageKind, pack_ack, unpack_message
+from shared.record import Family, Method, Observation, Proto, Role, pack_observation, unpack_observation
+from shared.report_model import LostRange
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
 
-def test_records_arrive_with_the_sockets_own_proto_and_family(
+@contextmanager
+def collector_on(context: zmq.Context, ingest: str, path: Path) -> Iterator[tuple[Collector, str]]:
+    """A collector serving `ingest` from the store at `path` until the block ends (a restart is a second block)."""
+    collector = Collector(Store(str(path)))
+    router, rep = bind(context, ingest, "tcp://127.0.0.1:*")
+    query = rep.getsockopt_string(zmq.LAST_ENDPOINT)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(collector, router, rep, stop), daemon=True)
+    thread.start()
+    try:
+        yield collector, query
+    finally:
+        stop.set()
+        thread.join(5)
+        collector.store.close()
+
+
+def connection(sock: socket.socket, reporter: Reporter, flow: str) -> bool:
+    return reporter.observe(sock, "connect", flow, Role.CLIENT, remote=("192.0.2.1", 7))
+
+
+def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     zmq_context: zmq.Context,
     zmq_socket: ZmqSocket,
 ) -> None:
-    pull = zmq_socket(zmq.PULL)
-    pull.bind("tcp://127.0.0.1:*")
-    reporter = Reporter(zmq_context, pull.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    router = zmq_socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         assert reporter.observe(sock, "connect", "f", Role.CLIENT, remote="/run/e.sock", extra={"k": 1})
-    first, second = unpack_observation(pull.recv()), unpack_observation(pull.recv())
-    assert (first.service, first.host) == ("unit", socket.gethostname())
-    assert (first.proto, first.family, first.method, first.flow, first.local) == (
+    (peer, one), (_, two) = router.recv_multipart(), router.recv_multipart()
+    first, second = unpack_message(one), unpack_message(two)
+    assert (first.kind, first.reporter, first.seq, second.seq) == (MessageKind.RECORD, reporter.id, 1, 2)
+    record, other = unpack_observation(first.body), unpack_observation(second.body)
+    assert (record.service, record.host) == ("unit", socket.gethostname())
+    assert (record.proto, record.family, record.method, record.flow, record.local) == (
         Proto.UDP,
         "ipv6",
         "bind",
         None,
         ("::", 9, 0, 0),
     )
-    assert (second.proto, second.family, second.role, second.remote, second.extra) == (
+    assert (other.proto, other.family, other.role, other.remote, other.extra) == (
         Proto.UNIX,
         "unix",
         Role.CLIENT,
         "/run/e.sock",
         {"k": 1},
     )
-    assert (reporter.sent, reporter.dropped) == (2, 0)
+    assert (reporter.sent, reporter.dropped, reporter.unacked) == (2, 0, 2), "kept until acknowledged"
+    router.send_multipart([peer, pack_ack(reporter.id, [(1, 2)])])
+    assert reporter.flush(5), "the ack empties the window"
+    assert reporter.acked == 2
     reporter.close()
 
 
-def test_full_queue_drops_and_the_count_travels_in_later_records(
-    zmq_context: zmq.Context, zmq_socket: ZmqSocket, tmp_path: Path
+def test_acks_come_after_group_commits_and_every_record_is_on_disk(
+    zmq_context: zmq.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counted_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(services.store.os, "fsync", counted_fsync)
+    endpoint = f"ipc://{tmp_path}/collector"
+    with collector_on(zmq_context, endpoint, tmp_path / "r.bin") as (collector, _):
+        reporter = Reporter(zmq_context, endpoint, "unit")
+        with socket.socket() as sock:
+            assert all(connection(sock, reporter, f"f{i}") for i in range(3000))
+        assert reporter.flush(10), "every record acknowledged"
+        assert reporter.acked == 3000 and len(collector.observations) == 3000
+        assert 1 <= len(synced) < 3000 / 5, f"one fsync per batch, not per record: {len(synced)} for 3000"
+        reporter.close()
+    stored = list(Store(str(tmp_path / "r.bin")).replay())
+    assert [(e.reporter, e.seq) for e in stored] == [(reporter.id, seq) for seq in range(1, 3001)]
+
+
+def test_a_disk_that_refuses_stops_acks_and_the_records_are_stored_once_it_takes_them(
+    zmq_context: zmq.Context, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"ipc://{tmp_path}/collector"
+    with collector_on(zmq_context, endpoint, tmp_path / "r.bin") as (collector, query):
+        fd = collector.store.fd
+        saved = os.dup(fd)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)  # the store's descriptor now writes to a device that is always full: ENOSPC
+        reporter = Reporter(zmq_context, endpoint, "unit", resend_after=0.3)
+        with socket.socket() as sock:
+            assert all(connection(sock, reporter, f"f{i}") for i in range(50))
+        wait_for(lambda: collector.store.write_failures >= 2 or None, "the store to refuse twice")
+        assert reporter.acked == 0 and reporter.unacked == 50, "nothing acknowledged while the disk refuses"
+        assert not collector.observations, "nor indexed: it is not stored"
+        assert query_collector(zmq_context, query, {"op": "ping"})["ok"], "the collector keeps serving"
+        assert "No space left on device" in caplog.text
+        os.dup2(saved, fd)  # space again
+        os.close(full)
+        os.close(saved)
+        assert reporter.flush(10), "the resent records are stored and acknowledged"
+        reporter.close()
+        assert [o.flow for o in collector.observations] == [f"f{i}" for i in range(50)]
+    assert len(list(Store(str(tmp_path / "r.bin")).records())) == 50, "each stored once"
+
+
+def test_records_a_killed_collector_never_stored_are_resent_and_those_it_stored_are_not_stored_twice(
+    zmq_context: zmq.Context, tmp_path: Path
+) -> None:
+    endpoint, path = f"ipc://{tmp_path}/collector", tmp_path / "r.bin"
+    reporter = Reporter(zmq_context, endpoint, "unit", resend_after=0.3)
+    dying = zmq_context.socket(zmq.ROUTER)
+    dying.bind(endpoint)
+    with socket.socket() as sock:
+        assert all(connection(sock, reporter, f"f{i}") for i in range(40))
+    frames = [dying.recv_multipart()[1] for _ in range(40)]
+    first = Collector(Store(str(path)))
+    assert first.ingest_batch([unpack_message(frame) for frame in frames[:25]]), "25 reach the disk"
+    first.store.close()
+    dying.close(linger=0)  # killed before any ack left, and 15 it had read are gone with it
+    with collector_on(zmq_context, endpoint, path) as (collector, _):
+        assert reporter.flush(10), "all 40 acknowledged by the restarted collector"
+        assert [o.flow for o in collector.observations] == [f"f{i}" for i in range(40)]
+        assert collector.report().duplicates >= 25, "the 25 already stored came again and were dropped"
+    reporter.close()
+    assert sorted(e.seq for e in Store(str(path)).replay()) == list(range(1, 41)), "each stored once"
+
+
+def test_a_full_window_drops_without_waiting_and_the_gap_reaches_the_report(
+    zmq_context: zmq.Context, tmp_path: Path
 ) -> None:
     endpoint = f"ipc://{tmp_path}/collector"  # nobody binds it until the test does: no port to race for
-    reporter = Reporter(zmq_context, endpoint, "unit", hwm=5)
+    reporter = Reporter(zmq_context, endpoint, "unit", window=5)
     with socket.socket() as sock:
-        results = [reporter.observe(sock, "connect", "f", Role.CLIENT) for _ in range(200)]
-    assert results.count(False) == reporter.dropped > 0, "nobody reads: the queue fills, then records drop"
-    assert results.count(True) == reporter.sent and reporter.sent + reporter.dropped == 200
-    assert results[: reporter.sent] == [True] * reporter.sent, "records drop only once the queue is full"
-    pull = zmq_socket(zmq.PULL)
-    pull.bind(endpoint)
-    queued = [unpack_observation(pull.recv()) for _ in range(reporter.sent)]
-    assert [q.drops for q in queued] == [0] * len(queued), "queued before any drop"
-    dropped_before = reporter.dropped
-    with socket.socket() as sock:
-        assert reporter.observe(sock, "connect", "f", Role.CLIENT)
-    latest = unpack_observation(pull.recv())
-    assert latest.drops == dropped_before, "the next record that fits says how many were lost"
+        results = [connection(sock, reporter, f"f{i}") for i in range(20)]
+    assert results == [True] * 5 + [False] * 15, "records drop only once the window is full"
+    assert (reporter.sent, reporter.dropped) == (5, 15)
+    with collector_on(zmq_context, endpoint, tmp_path / "r.bin") as (collector, _):
+        assert reporter.flush(10)
+        with socket.socket() as sock:
+            assert connection(sock, reporter, "after")
+        assert reporter.flush(10)
+        report = collector.report()
     reporter.close()
+    assert report.lost == {"unit": 15}
+    assert report.gaps == (LostRange("unit", reporter.id.hex()[:8], 6, 20),)
+    assert report.missing == {}, "the gap accounts for every number it skipped"
+    assert [o.flow for o in collector.observations] == [f"f{i}" for i in range(5)] + ["after"]
+    assert collector.observations[-1].drops == 15, "the next record that fits says how many were lost"
+    assert f"LOST, reporter window full: unit 15\n  unit ({reporter.id.hex()[:8]}) records 6..20" in format_table(
+        report
+    )
+
+
+def test_a_number_skipped_without_a_gap_notice_is_shown_missing(tmp_path: Path) -> None:
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    rid = bytes(range(16))
+    body = pack_observation(Observation("svc", "h", "f", Role.CLIENT, Proto.TCP, Family.IPV4, Method.CONNECT))
+    held = collector.ingest_batch([Message(MessageKind.RECORD, rid, seq, body) for seq in (1, 2, 5)])
+    assert held == {rid: [1, 2, 5]}
+    assert collector.report().missing == {"svc": 2}
+    collector.store.close()
 
 
 def test_reject_reports_who_sent_garbage(reporter: Reporter, live_collector: LiveCollector) -> None:

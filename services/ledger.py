@@ -1,0 +1,80 @@
+"""Which numbered messages the collector holds, per reporter: duplicates are recognised, gaps and holes shown.
+
+Rebuilt from the store's replay at start, so a resend after a collector restart is still a duplicate.
+Per reporter it keeps the highest number below which everything is accounted for, and the numbers
+above it seen out of order (a short set: resends fill it back in).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from shared.delivery import NO_REPORTER, Gap
+
+
+@dataclass
+class Account:
+    """One reporter's numbers: everything up to `upto` is accounted for, `above` holds later ones seen."""
+
+    service: str = ""
+    upto: int = 0
+    above: set[int] = field(default_factory=set)
+
+    def has(self, seq: int) -> bool:
+        """Whether this number is already held (stored, or declared lost in a gap)."""
+        return seq <= self.upto or seq in self.above
+
+    def add(self, seq: int) -> None:
+        """Account for one number."""
+        if seq == self.upto + 1:
+            self.upto = seq
+            while self.upto + 1 in self.above:
+                self.upto += 1
+                self.above.remove(self.upto)
+        elif seq > self.upto:
+            self.above.add(seq)
+
+    def missing(self) -> int:
+        """Numbers below the highest seen that never arrived: records lost with no gap notice (so far)."""
+        return max(self.above) - self.upto - len(self.above) if self.above else 0
+
+
+class Ledger:
+    """Accounts of every reporter, the gaps they declared and the duplicates dropped."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[bytes, Account] = {}
+        self.gaps: list[tuple[bytes, Gap]] = []
+        self.duplicates = 0
+        self.lost: Counter[str] = Counter()
+
+    def has(self, reporter: bytes, seq: int) -> bool:
+        """Whether a numbered message is already held; unnumbered ones never are."""
+        account = self.accounts.get(reporter)
+        return reporter != NO_REPORTER and account is not None and account.has(seq)
+
+    def add(self, reporter: bytes, seq: int, service: str) -> None:
+        """Account for a stored message."""
+        if reporter == NO_REPORTER:
+            return
+        account = self.accounts.setdefault(reporter, Account())
+        account.service = account.service or service
+        account.add(seq)
+
+    def add_gap(self, reporter: bytes, seq: int, gap: Gap) -> None:
+        """Account for a gap notice and every number it says was dropped."""
+        self.add(reporter, seq, gap.service)
+        account = self.accounts[reporter]
+        account.service = gap.service
+        for dropped in range(gap.first, gap.last + 1):
+            account.add(dropped)
+        self.gaps.append((reporter, gap))
+        self.lost[gap.service] += gap.count
+
+    def missing(self) -> dict[str, int]:
+        """Per service, numbers skipped over with no gap notice: lost in transit, or not yet resent."""
+        found: Counter[str] = Counter()
+        for account in self.accounts.values():
+            found[account.service] += account.missing()
+        return {service: n for service, n in found.items() if n}

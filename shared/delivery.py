@@ -1,0 +1,129 @@
+"""The delivery protocol between a reporter (DEALER) and the collector (ROUTER): numbered records, gaps, acks.
+
+Every message is one ZeroMQ frame that starts with a fixed header:
+
+| bytes | field    | meaning                                                          |
+|-------|----------|------------------------------------------------------------------|
+| 1     | kind     | MessageKind: RECORD, GAP (reporter -> collector) or ACK (back)   |
+| 16    | reporter | the reporter's random id, fixed for its life                     |
+| 8     | seq      | RECORD, GAP: this message's number in the reporter's sequence;    |
+|       |          | ACK: how many (first, last) ranges follow                        |
+
+A RECORD's body is one packed record (shared.record). A GAP's body is the first and last sequence
+number of records the reporter dropped because its window was full (8 bytes each), then its service
+name (UTF-8): loss is itself a message, delivered like a record. An ACK's body is its ranges, 16 bytes
+each: every sequence number in them is on the collector's disk (or was a duplicate of one that is).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+HEADER = struct.Struct("!B16sQ")
+RANGE = struct.Struct("!QQ")
+REPORTER_ID_SIZE = 16
+NO_REPORTER = bytes(REPORTER_ID_SIZE)  # records stored without a sender's number (tests, older stores)
+MAX_ACK_RANGES = 4096
+
+
+class MessageKind(IntEnum):
+    """What a delivery message carries."""
+
+    RECORD = 1
+    GAP = 2
+    ACK = 3
+
+
+@dataclass(frozen=True)
+class Message:
+    """One numbered message from a reporter: a record or a gap notice."""
+
+    kind: MessageKind
+    reporter: bytes
+    seq: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Records a reporter dropped, unsent, because its window of unacknowledged records was full."""
+
+    first: int
+    last: int
+    service: str
+
+    @property
+    def count(self) -> int:
+        """How many records the gap stands for."""
+        return self.last - self.first + 1
+
+
+def pack_message(kind: MessageKind, reporter: bytes, seq: int, body: bytes) -> bytes:
+    """One reporter -> collector frame."""
+    return HEADER.pack(kind, reporter, seq) + body
+
+
+def unpack_message(frame: bytes) -> Message:
+    """Read a reporter's frame; ValueError says what is wrong with it."""
+    if len(frame) < HEADER.size:
+        raise ValueError(f"message of {len(frame)} bytes is shorter than its {HEADER.size}-byte header")
+    kind, reporter, seq = HEADER.unpack_from(frame)
+    if kind not in (MessageKind.RECORD, MessageKind.GAP):
+        raise ValueError(f"message kind {kind} is not a record or a gap")
+    if seq == 0:
+        raise ValueError("message sequence number 0 is reserved")
+    return Message(MessageKind(kind), reporter, seq, frame[HEADER.size :])
+
+
+def pack_gap(gap: Gap) -> bytes:
+    """A gap notice's body."""
+    return RANGE.pack(gap.first, gap.last) + gap.service.encode()
+
+
+def unpack_gap(body: bytes) -> Gap:
+    """Read a gap notice's body; ValueError says what is wrong with it."""
+    if len(body) < RANGE.size:
+        raise ValueError(f"gap of {len(body)} bytes is shorter than its {RANGE.size}-byte range")
+    first, last = RANGE.unpack_from(body)
+    if not 0 < first <= last:
+        raise ValueError(f"gap range {first}..{last} is empty or starts at 0")
+    try:
+        service = body[RANGE.size :].decode()
+    except UnicodeDecodeError:
+        raise ValueError("gap service is not UTF-8") from None
+    return Gap(first, last, service)
+
+
+def pack_ack(reporter: bytes, ranges: list[tuple[int, int]]) -> bytes:
+    """One collector -> reporter frame acknowledging these (first, last) ranges."""
+    if len(ranges) > MAX_ACK_RANGES:
+        raise ValueError(f"ack of {len(ranges)} ranges exceeds {MAX_ACK_RANGES}")
+    return HEADER.pack(MessageKind.ACK, reporter, len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
+
+
+def unpack_ack(frame: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """Read the collector's ack: whose it is and its ranges; ValueError says what is wrong with it."""
+    if len(frame) < HEADER.size:
+        raise ValueError(f"ack of {len(frame)} bytes is shorter than its {HEADER.size}-byte header")
+    kind, reporter, count = HEADER.unpack_from(frame)
+    if kind != MessageKind.ACK:
+        raise ValueError(f"message kind {kind} is not an ack")
+    if count > MAX_ACK_RANGES or len(frame) != HEADER.size + count * RANGE.size:
+        raise ValueError(f"ack says {count} ranges but has {len(frame) - HEADER.size} bytes of them")
+    ranges = [RANGE.unpack_from(frame, HEADER.size + i * RANGE.size) for i in range(count)]
+    if any(not 0 < first <= last for first, last in ranges):
+        raise ValueError("ack range is empty or starts at 0")
+    return reporter, ranges
+
+
+def to_ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sequence numbers as the fewest (first, last) ranges, in order."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(seq, ranges[-1][1]))
+        else:
+            ranges.append((seq, seq))
+    return ranges
