@@ -1,10 +1,10 @@
 """What reporting costs the data path: echo round trips with and without a reporter, and with a dead collector.
 
 Runs echo in a child process on loopback and drives it from this process, once per configuration:
-  baseline      echo's reporter is connected to nothing and has a zero-length queue: every record
-                is packed and dropped at once (the cheapest a report can be)
+  baseline      echo's reporter is connected to nothing and has a one-record window: every record
+                after the first is numbered and dropped at once (the cheapest a report can be)
   collector     records go to a live collector in a third process, which stores them
-  no-collector  records queue for a collector that never comes (SNDHWM fills, then drops)
+  no-collector  records queue for a collector that never comes (the window fills, then drops)
 Prints round trips per second and the ratio to the baseline measured in the same run.
 """
 
@@ -23,15 +23,15 @@ import time
 import msgpack
 import zmq
 
-from services.collector import Collector, Store, serve
+from services.collector import Collector, Store, bind, serve
 from services.echo import EchoServer
 from shared.framing import pack_frame, recv_frame
 from shared.reporter import Reporter
 
 
-def run_echo(endpoint: str, hwm: int, ready: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
+def run_echo(endpoint: str, window: int, ready: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
     context = zmq.Context()
-    reporter = Reporter(context, endpoint, "bench-echo", hwm=hwm)
+    reporter = Reporter(context, endpoint, "bench-echo", window=window)
     server = EchoServer(reporter, 0, None)
     server.listen()
     ready.put(server.port)
@@ -40,8 +40,7 @@ def run_echo(endpoint: str, hwm: int, ready: mp.Queue, stop: mp.Event) -> None: 
     server.serve(flag)
     ready.put((reporter.sent, reporter.dropped))
     server.close()
-    reporter._push.setsockopt(zmq.LINGER, 0)
-    reporter.close()
+    reporter.close(grace=0)
     context.term()
 
 
@@ -50,7 +49,7 @@ def run_collector(port: int, stop: mp.Event) -> None:  # type: ignore[type-arg]
         collector = Collector(Store(os.path.join(tmp, "records.bin")))
         flag = threading.Event()
         threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
-        serve(collector, zmq.Context(), f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:0", flag)
+        serve(collector, *bind(zmq.Context(), f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:*"), flag)
 
 
 def udp_round_trips(port: int, count: int) -> float:
@@ -81,13 +80,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure(endpoint: str, hwm: int, udp: int, tcp: int, with_collector: bool) -> dict[str, float]:
+def measure(endpoint: str, window: int, udp: int, tcp: int, with_collector: bool) -> dict[str, float]:
     stop, ready = mp.Event(), mp.Queue()
     collector = None
     if with_collector:
         collector = mp.Process(target=run_collector, args=(int(endpoint.rsplit(":", 1)[1]), stop))
         collector.start()
-    echo = mp.Process(target=run_echo, args=(endpoint, hwm, ready, stop))
+    echo = mp.Process(target=run_echo, args=(endpoint, window, ready, stop))
     echo.start()
     port = ready.get(timeout=10)
     result = {"udp": udp_round_trips(port, udp), "tcp": tcp_flows(port, tcp)}
@@ -115,8 +114,8 @@ def main() -> None:
     ]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in configs}
     for _ in range(args.rounds):
-        for name, ep, hwm, live in configs:
-            runs[name].append(measure(ep, hwm, args.udp, args.tcp, live))
+        for name, ep, window, live in configs:
+            runs[name].append(measure(ep, window, args.udp, args.tcp, live))
     results = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     base = results["baseline"]
     header = ("udp rt/s", "ratio", "tcp flows/s", "ratio", "sent", "dropped")

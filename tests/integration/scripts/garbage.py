@@ -6,6 +6,7 @@ argv: echo's and the registry's wan addresses. Prints one JSON line: the registr
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from shared.delivery import MessageKind, pack_message
 from shared.framing import pack_frame, recv_frame
 from shared.registry_protocol import request
 from shared.reporter import Reporter
@@ -65,12 +67,12 @@ def send_garbage(echo: str, registry: str) -> None:
 
 
 def send_bad_records(context: zmq.Context, collector: str) -> None:
-    """Two records the collector must reject: not msgpack, and a map that is no record."""
-    push = context.socket(zmq.PUSH)
-    push.connect(collector)
-    push.send(b"\xc1 not a record")
-    push.send(msgpack.packb({"v": 1, "service": "x"}))
-    push.close(linger=3000)
+    """Two messages the collector must reject: no delivery header, and a numbered map that is no record."""
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(collector)
+    dealer.send(b"\xc1 not a record")
+    dealer.send(pack_message(MessageKind.RECORD, os.urandom(16), 1, msgpack.packb({"v": 1, "service": "x"})))
+    dealer.close(linger=3000)
 
 
 def main() -> None:
