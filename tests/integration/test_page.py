@@ -107,7 +107,7 @@ def test_the_page_draws_every_flow_live_filters_and_escapes(stack: Stack, browse
     outcomes = stack.run_client("client-lan", "--scenario", "tcp", "--scenario", "udp")
     flows = [stack.wait_for_flow(o["flow"]) for o in outcomes]
     stored = time.monotonic()
-    wait_for(lambda: all("snat" in drawn(browser).get(f.flow, []) for f in flows), "the new flows drawn", timeout=5)
+    wait_for(lambda: all("snat" in drawn(browser).get(f.flow, []) for f in flows), "the new flows drawn", timeout=15)
     seen_after = time.monotonic() - stored
     assert seen_after < 2.0, f"new flows took {seen_after:.2f} s to appear"
     assert browser.execute_script("return window.socklabLoaded === performance.timeOrigin"), "the page never reloaded"
