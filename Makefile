@@ -113,3 +113,9 @@ bench: venv
 clean: down
 	rm -rf $(VENV)
 	-docker image rm $(IMAGE)
+
+.PHONY: fuzz
+fuzz: venv ## a long fuzzing campaign: 10^6 inputs per parser (RUNS=...), coverage-guided with atheris; prints inputs/s and findings
+	@$(VENV)/bin/python -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[fuzz]' || \
+	  echo "atheris does not install here: Hypothesis runs the campaign"
+	$(VENV)/bin/python -m fuzz.campaign --runs $(or $(RUNS),1000000) $(PARSERS)

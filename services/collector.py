@@ -30,10 +30,11 @@ from services.flow_index import FlowIndex
 from services.ledger import Ledger
 from services.page_server import serve_page
 from services.store import Entry, Store
-from shared.collector_protocol import FlowQuery, QueryOp, pack_reply, unpack_query
+from shared.collector_protocol import MAX_QUERY, FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
 from shared.delivery import (
     MAX_ACK_RANGES,
+    MAX_MESSAGE,
     NO_REPORTER,
     Gap,
     Message,
@@ -276,6 +277,8 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
     """Bind ROUTER for reporters and REP for queries; an endpoint ending in :* takes a port no one holds."""
     router = context.socket(zmq.ROUTER)
     rep = context.socket(zmq.REP)
+    router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a bigger message drops its sender's connection, unread
+    rep.setsockopt(zmq.MAXMSGSIZE, MAX_QUERY)
     try:
         router.bind(ingest)
         rep.bind(query)

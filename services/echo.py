@@ -12,7 +12,6 @@ capped, and accept backs off when the process runs out of descriptors.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import selectors
@@ -43,13 +42,12 @@ from shared.readiness import mark_ready
 from shared.record import Proto, Role, new_flow_id
 from shared.registry_protocol import register
 from shared.reporter import Reporter
-from shared.streams import AcceptedStream, close_all
+from shared.streams import AcceptedStream, AcceptGate, close_all
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256 * 1024
 ECHO = "echo"  # what a listener serves: echo (7007, Unix), WHOAMI (7008) or WHOAMI_HTTP (7080)
-OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SWEEP_INTERVAL = 0.25
 
 
@@ -82,7 +80,6 @@ class StreamConn(AcceptedStream):
     done_writing: bool = False  # nothing more will be queued: close once flushed and the peer is done
     peer_eof: bool = False
     shut: bool = False
-    last_active: float = field(default_factory=time.monotonic)
 
 
 class EchoServer:
@@ -121,9 +118,13 @@ class EchoServer:
         if http_port is not None:
             self.http_port = self.bind(socket.SOCK_STREAM, http_port, WHOAMI_HTTP).getsockname()[1]
         self.udp_pairs = UdpPairs(limits.max_udp_pairs)
-        self.open_streams = 0
-        self.accepting = False
-        self.resume_at: float | None = None
+        self.gate = AcceptGate(
+            self.selector,
+            {sock: kind for sock, kind in self.kinds.items() if sock.type == socket.SOCK_STREAM},
+            limits.max_streams,
+            limits.accept_backoff,
+            self.stats,
+        )
         self.next_sweep = self.next_report = 0.0
         for sock in self.listeners():
             reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
@@ -150,8 +151,9 @@ class EchoServer:
             sock.listen(128)
         for sock in self.listeners():
             sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ, self.kinds[sock])
-        self.accepting = True
+            if sock.type == socket.SOCK_DGRAM:
+                self.selector.register(sock, selectors.EVENT_READ, self.kinds[sock])
+        self.gate.open()
 
     def serve(self, stop: threading.Event) -> None:
         """Run the loop until `stop` is set."""
@@ -171,25 +173,11 @@ class EchoServer:
 
     def accept_stream(self, listener: socket.socket, kind: str) -> None:
         """Accept one connection: echo waits for its first bytes, whoami answers at once."""
-        try:
-            sock, addr = listener.accept()
-        except OSError as exc:
-            if exc.errno in OUT_OF_DESCRIPTORS:
-                self.stats["accept_backoff"] += 1
-                log.warning("accept failed (%s): not accepting for %.1f s", exc, self.limits.accept_backoff)
-                self.pause_accepting(time.monotonic() + self.limits.accept_backoff)
-            elif not isinstance(exc, BlockingIOError):
-                log.warning("accept failed: %s", exc)
+        if (accepted := self.gate.accept(listener)) is None:
             return
-        sock.setblocking(False)
-        self.stats["accepted"] += 1
-        self.open_streams += 1
+        sock, addr = accepted
         conn = StreamConn(sock, addr, kind=kind)
         self.selector.register(sock, selectors.EVENT_READ, conn)
-        if self.open_streams >= self.limits.max_streams:
-            self.stats["stream_cap"] += 1
-            log.warning("%d streams open: not accepting until one closes", self.open_streams)
-            self.pause_accepting(None)
         try:
             if kind == WHOAMI:
                 self.start_oneside(conn, WHOAMI)
@@ -203,22 +191,6 @@ class EchoServer:
             self.stats["errors"] += 1
             log.info("stream from %s failed: %s", addr, exc)
             self.close_stream(conn, f"error: {exc}")
-
-    def pause_accepting(self, until: float | None) -> None:
-        """Stop watching the stream listeners (the kernel's backlog holds new clients) until `until`,
-        or, with None, until a stream closes."""
-        if self.accepting:
-            for sock in self.stream_listeners():
-                self.selector.unregister(sock)
-            self.accepting = False
-        self.resume_at = until
-
-    def resume_accepting(self) -> None:
-        """Watch the stream listeners again."""
-        for sock in self.stream_listeners():
-            self.selector.register(sock, selectors.EVENT_READ, self.kinds[sock])
-        self.accepting = True
-        self.resume_at = None
 
     def start_oneside(self, conn: StreamConn, scenario: str) -> None:
         """Name a stream from a client that is not socklab's and report its names under a new flow id."""
@@ -384,9 +356,7 @@ class EchoServer:
         self.selector.unregister(conn.sock)
         self.finish_oneside(conn, why)
         conn.sock.close()
-        self.open_streams -= 1
-        if not self.accepting and self.resume_at is None and self.open_streams < self.limits.max_streams:
-            self.resume_accepting()
+        self.gate.stream_closed()
 
     def sweep(self, now: float) -> None:
         """Close streams idle too long, report grown UDP counts, and accept again after a back-off."""
@@ -401,11 +371,7 @@ class EchoServer:
             for pair in self.udp_pairs.changed():
                 self.report_pair(pair)
             self.udp_pairs.expire(now)
-        if not self.accepting and self.resume_at is not None and now >= self.resume_at:
-            if self.open_streams < self.limits.max_streams:
-                self.resume_accepting()
-            else:
-                self.resume_at = None  # the cap holds now: a closing stream resumes
+        self.gate.tick(now)
 
     def timeout_for(self, conn: StreamConn) -> float:
         """How long a stream may sit idle: an answered or whoami client briefly, an echo stream long."""

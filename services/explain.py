@@ -8,7 +8,6 @@ prefix of a flow id will do. Exit status: 0 all explained, 1 a flow unknown (or 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ import zmq
 
 from shared.collector_protocol import QueryOp, query_collector
 from shared.config import load_config
-from shared.names import Name, format_name, json_name
+from shared.names import Name, dumps_json, format_name, printable
 from shared.report_model import Flow, FlowVerdict, Hop, HopKind
 
 VERBS = {
@@ -109,7 +108,7 @@ def format_explanation(flow: Flow) -> str:
     if flow.answer is not None:
         source = format_name(flow.answer.source) if flow.answer.source is not None else "(source not reported)"
         lines.append(f"  the answer came from {source} and {'arrived' if flow.answer.arrived else 'did not arrive'}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"explain: {wanted}: {exc}", file=sys.stderr)
                 failed = True
                 continue
-            print(json.dumps(flow.to_wire(), default=json_name) if args.json else format_explanation(flow))
+            print(dumps_json(flow.to_wire()) if args.json else format_explanation(flow))
     finally:
         context.term()
     sys.exit(1 if failed else 0)

@@ -13,7 +13,6 @@ each with a socket timeout; past the bound a request gets 503 at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from services.picture import Picture, build_picture
 from shared.collector_protocol import FlowQuery
-from shared.names import json_name
+from shared.names import dumps_json
 
 if TYPE_CHECKING:
     from services.collector import Collector
@@ -135,7 +134,7 @@ class PageHandler(BaseHTTPRequestHandler):
             answer = {"cursor": cursor, "flows": [flow.to_wire() for flow in flows]}
         else:
             answer = collector.report(query).to_wire()
-        self.send_body(json.dumps(answer, default=json_name).encode(), "application/json")
+        self.send_body(dumps_json(answer).encode(), "application/json")
 
     def send_body(self, body: bytes, kind: str) -> None:
         """A 200 answer that is never cached: the page is live."""

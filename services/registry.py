@@ -5,7 +5,9 @@ socket (`reported`) and the one the registry's accepted socket observes (`observ
 they differ exactly by the NAT's translation. Its request protocol, and the client side of it, is
 shared.registry_protocol; its STUN responder is services.stun_server. A `connect` request parks its
 stream until the peer it names asks too (or its wait ends), then both streams get each other's names
-in the same loop turn, so the two can start punching together.
+in the same loop turn, so the two can start punching together. Clients it cannot trust are bounded:
+request streams are capped and time out idle, accept backs off when descriptors run out, registrations
+are capped and expire, and a `list` reply is paged to fit a frame.
 """
 
 from __future__ import annotations
@@ -30,9 +32,20 @@ from shared.framing import pack_frame
 from shared.names import create_dual_stack_socket, name_from_wire, name_to_wire, unmap_host
 from shared.readiness import mark_ready
 from shared.record import Family, Role, new_flow_id
-from shared.registry_protocol import Candidate, ConnectRequest, Registration, RegistryOp, lookup
+from shared.registry_protocol import (
+    MAX_REGISTRATIONS,
+    MAX_WAIT,
+    REGISTRATION_TTL,
+    Candidate,
+    ConnectRequest,
+    Registration,
+    RegistryOp,
+    check_register,
+    lookup,
+    page,
+)
 from shared.reporter import Reporter
-from shared.streams import AcceptedStream, close_all
+from shared.streams import AcceptedStream, AcceptGate, close_all
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +81,14 @@ class RegistryServer:
         *,
         stun_addresses: tuple[str, ...] = (),
         stun_alt_port: int = 3479,
+        max_streams: int = 256,
+        idle_timeout: float = MAX_WAIT + 15.0,
+        accept_backoff: float = 0.5,
     ) -> None:
         self.reporter = reporter
+        self.idle_timeout = idle_timeout
+        self.next_sweep = 0.0
+        self.streams: list[AcceptedStream] = []
         self.stats: Counter[str] = Counter()
         self.registrations: dict[tuple[str, Family], Registration] = {}
         self.parked: list[ParkedConnect] = []
@@ -81,7 +100,9 @@ class RegistryServer:
         self.stun_port = self.stun.port
         self.tcp.listen(128)
         self.tcp.setblocking(False)
-        self.selector.register(self.tcp, selectors.EVENT_READ, self.accept_request_stream)
+        listeners = {self.tcp: self.accept_request_stream}
+        self.gate = AcceptGate(self.selector, listeners, max_streams, accept_backoff, self.stats)
+        self.gate.open()
         for sock in self.stun.all_sockets():
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.stun.handle, sock))
@@ -91,7 +112,21 @@ class RegistryServer:
         while not stop.is_set():
             for key, _events in self.selector.select(timeout=0.05):
                 key.data()
-            self.expire_parked(time.monotonic())
+            now = time.monotonic()
+            self.expire_parked(now)
+            if now >= self.next_sweep:
+                self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Close request streams idle too long (not one parked for a rendezvous); accept again after a back-off."""
+        self.next_sweep = now + 0.25
+        parked = {id(p.conn) for p in self.parked}
+        for conn in list(self.streams):
+            if id(conn) not in parked and now - conn.last_active > self.idle_timeout:
+                self.stats["idle_closed"] += 1
+                log.info("request stream from %s idle for %.0f s: closed", conn.accepted_from, self.idle_timeout)
+                self.close_stream(conn)
+        self.gate.tick(now)
 
     def close(self) -> None:
         """Close every socket the registry holds."""
@@ -103,13 +138,11 @@ class RegistryServer:
 
     def accept_request_stream(self) -> None:
         """Accept one requester; its names are reported once its first request names the flow."""
-        try:
-            sock, addr = self.tcp.accept()
-        except OSError as exc:
-            log.warning("accept failed: %s", exc)
+        if (accepted := self.gate.accept(self.tcp)) is None:
             return
-        sock.setblocking(False)
+        sock, addr = accepted
         conn = AcceptedStream(sock, addr)
+        self.streams.append(conn)
         self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.handle_request_stream, conn))
 
     def handle_request_stream(self, conn: AcceptedStream) -> None:
@@ -119,10 +152,11 @@ class RegistryServer:
             if not data:
                 self.close_stream(conn)
                 return
+            conn.last_active = time.monotonic()
             conn.frames.feed(data)
             while (frame := conn.frames.next_frame()) is not None:
                 if (reply := self.answer(conn, frame)) is not None:
-                    conn.sock.sendall(pack_frame(reply))
+                    conn.sock.sendall(self.pack_reply(reply))
         except ValueError as exc:
             self.stats["rejected"] += 1
             self.reporter.reject(conn.sock, "accept", conn.accepted_from, exc)
@@ -131,11 +165,22 @@ class RegistryServer:
             log.info("stream from %s failed: %s", conn.accepted_from, exc)
             self.close_stream(conn)
 
+    def pack_reply(self, reply: dict[str, Any]) -> bytes:
+        """A reply's frame; one too big for a frame is the registry's fault, said as an error, not the client's."""
+        try:
+            return pack_frame(reply)
+        except ValueError as exc:
+            self.stats["reply_too_large"] += 1
+            log.warning("reply not sent: %s", exc)
+            return pack_frame({"ok": False, "error": f"reply too large: {exc}"})
+
     def close_stream(self, conn: AcceptedStream) -> None:
         """Forget one connection, and any rendezvous it waits for."""
         self.parked = [parked for parked in self.parked if parked.conn is not conn]
+        self.streams.remove(conn)
         self.selector.unregister(conn.sock)
         conn.sock.close()
+        self.gate.stream_closed()
 
     def answer(self, conn: AcceptedStream, frame: dict[str, Any]) -> dict[str, Any] | None:
         """Reply to one request (None: a rendezvous waits); a bad request is counted and answered with an error."""
@@ -159,15 +204,14 @@ class RegistryServer:
             raise ValueError(f"unknown op {op!r}")
         self.stats[f"op_{op}"] += 1
         if op == RegistryOp.REGISTER:
-            name = frame["name"]
-            if not isinstance(name, str) or not name:
-                raise ValueError("register needs a name")
-            ports = frame.get("ports") or {}
-            if not isinstance(ports, dict):
-                raise ValueError("register ports must be a map")
+            name, ports = check_register(frame)
             observed = conn.sock.getpeername()
+            self.expire_registrations(time.time())
             self.check_owner(name, observed)
             entry = Registration(name, name_from_wire(frame.get("reported")), observed, ports)
+            if (name, entry.family) not in self.registrations and len(self.registrations) >= MAX_REGISTRATIONS:
+                self.stats["registry_full"] += 1
+                raise ValueError(f"the registry holds {MAX_REGISTRATIONS} registrations: full")
             self.registrations[(name, entry.family)] = entry
             log.info("registered %s: reported %s, observed %s", name, entry.reported, observed)
             return {"ok": True, "observed": name_to_wire(observed)}
@@ -179,8 +223,19 @@ class RegistryServer:
         if op == RegistryOp.CONNECT:
             return self.rendezvous(conn, ConnectRequest.from_frame(frame))
         if op == RegistryOp.LIST:
-            return {"ok": True, "registrations": [r.to_wire() for r in self.registrations.values()]}
+            offset = frame.get("offset") or 0
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"list offset must be a count, not {offset!r}")
+            self.expire_registrations(time.time())
+            found, after = page([r.to_wire() for r in self.registrations.values()], offset)
+            return {"ok": True, "registrations": found, "next": after}
         return {"ok": True, "stats": self.all_stats()}
+
+    def expire_registrations(self, now: float) -> None:
+        """Forget registrations not renewed for REGISTRATION_TTL seconds."""
+        for key in [key for key, entry in self.registrations.items() if now - entry.time > REGISTRATION_TTL]:
+            self.stats["expired"] += 1
+            del self.registrations[key]
 
     def check_owner(self, name: str, observed: Any) -> None:
         """A name belongs to the address that registered it: another address claiming it is refused."""

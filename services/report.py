@@ -9,7 +9,6 @@ ends' full views. `--json` is `-o json`: the whole report, as it has always been
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ import zmq
 
 from shared.collector_protocol import FlowQuery, query_collector
 from shared.config import load_config
-from shared.names import format_name, json_name
+from shared.names import dumps_json, format_name, printable
 from shared.record import Family, Proto
 from shared.report_model import Flow, FlowVerdict, NatCheck, Report
 
@@ -64,13 +63,18 @@ def narrow_cells(flow: Flow) -> tuple[str, ...]:
     scenario, speakers, _, _ = flow_cells(flow)
     client = format_name(flow.client.sockname) if flow.client else "-"
     server = format_name(flow.server.peername) if flow.server else "-"
-    return scenario, speakers, client, server, describe_verdict(flow)
+    return printable_cells((scenario, speakers, client, server, describe_verdict(flow)))
 
 
 def wide_cells(flow: Flow) -> tuple[str, ...]:
     """A row with the flow id, both ends' full views, and who rewrote what on the way (the flow's path)."""
     path = ", ".join(f"{hop.by} {hop.kind}" for hop in flow.path) or "-"
-    return flow.flow, *flow_cells(flow), describe_verdict(flow), path
+    return printable_cells((flow.flow, *flow_cells(flow), describe_verdict(flow), path))
+
+
+def printable_cells(cells: tuple[str, ...]) -> tuple[str, ...]:
+    """Cells a terminal shows as text: a name holding an escape sequence or a newline cannot redraw the table."""
+    return tuple(printable(cell) for cell in cells)
 
 
 def fit(cell: str, width: int) -> str:
@@ -114,13 +118,14 @@ def format_flows(flows: Iterable[Flow], wide: bool = False) -> list[str]:
 def format_table(report: Report, wide: bool = False) -> str:
     """The report for a terminal: a line per flow, then the counts and the newest NAT checks."""
     lines = format_flows(report.flows, wide)
-    methods = ", ".join(f"{m} {n}" for m, n in sorted(report.methods.items()))
+    methods = printable(", ".join(f"{m} {n}" for m, n in sorted(report.methods.items())))
     lines.append("")
     lines.append(f"records {report.records}, rejected {report.rejected}; by method: {methods}")
     lines.extend(format_natchecks(report.natchecks))
     if report.service_rejects:
-        lines.append("rejected by services: " + ", ".join(f"{s} {n}" for s, n in report.service_rejects.items()))
-    lines.extend(format_losses(report))
+        rejects = ", ".join(f"{s} {n}" for s, n in report.service_rejects.items())
+        lines.append("rejected by services: " + printable(rejects))
+    lines.extend(printable(line) for line in format_losses(report))
     return "\n".join(lines)
 
 
@@ -140,11 +145,11 @@ def format_losses(report: Report) -> list[str]:
 def format_natchecks(checks: Iterable[NatCheck]) -> list[str]:
     """The newest NAT check of each service, a line apiece, so a rerun replaces what it found before."""
     newest = {check.service: check.result for check in checks}
-    rows = [("service", "mapping", "filtering", "port", "hairpin", "mapped address")]
+    rows: list[tuple[str, ...]] = [("service", "mapping", "filtering", "port", "hairpin", "mapped address")]
     for service, result in newest.items():
         port = "kept" if result.port_preserved else "changed"
         hairpin, mapped = "yes" if result.hairpin else "no", format_name(result.mapped_address)
-        rows.append((service, str(result.mapping), str(result.filtering), port, hairpin, mapped))
+        rows.append(printable_cells((service, str(result.mapping), str(result.filtering), port, hairpin, mapped)))
     widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
     table = ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return ["", "NAT check", *table] if newest else []
@@ -207,10 +212,10 @@ def print_report(reply: dict[str, Any], output: str) -> None:
     except ValueError as exc:
         sys.exit(f"report: the collector's reply is malformed: {exc}")
     if output == "json":
-        print(json.dumps(report.to_wire(), indent=2, default=json_name))
+        print(dumps_json(report.to_wire(), indent=2))
     elif output == "jsonl":
         for flow in report.flows:
-            print(json.dumps(flow.to_wire(), default=json_name))
+            print(dumps_json(flow.to_wire()))
     else:
         print(format_table(report, wide=output == "wide"))
 
@@ -237,7 +242,7 @@ class Follower:
             return
         self.shown[flow.flow] = verdict
         if self.output in ("json", "jsonl"):
-            print(json.dumps(flow.to_wire(), default=json_name), flush=True)
+            print(dumps_json(flow.to_wire()), flush=True)
         elif self.output == "wide":
             print(format_row(wide_cells(flow), WIDE_WIDTHS), flush=True)
         else:

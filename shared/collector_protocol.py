@@ -36,6 +36,8 @@ from shared.report_model import Flow
 
 DEFAULT_INGEST_PORT = 5555
 DEFAULT_QUERY_PORT = 5556
+MAX_QUERY = 64 * 1024  # bytes: the collector's query socket refuses bigger messages (ZMQ_MAXMSGSIZE)
+MAX_REPLY = 256 * 1024 * 1024  # a whole report of 10^6 flows fits; a client refuses more
 
 
 class QueryOp(StrEnum):
@@ -150,6 +152,7 @@ def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], 
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    req.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
     req.connect(endpoint)
     try:
         req.send(msgpack.packb(query, use_bin_type=True))

@@ -21,11 +21,15 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from shared.record import MAX_RECORD
+
 HEADER = struct.Struct("!B16sQ")
 RANGE = struct.Struct("!QQ")
 REPORTER_ID_SIZE = 16
 NO_REPORTER = bytes(REPORTER_ID_SIZE)  # records stored without a sender's number (tests, older stores)
 MAX_ACK_RANGES = 4096
+MAX_MESSAGE = HEADER.size + MAX_RECORD  # the collector's ROUTER refuses bigger (ZMQ_MAXMSGSIZE)
+MAX_ACK = HEADER.size + MAX_ACK_RANGES * RANGE.size  # a reporter's DEALER refuses bigger
 
 
 class MessageKind(IntEnum):

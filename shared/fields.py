@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, TypeVar
 
 Word = TypeVar("Word", bound=StrEnum)
+MAX_DEPTH = 8
+PLAIN_LEAVES = (str, bytes, int, float, bool, type(None))
 
 
 def require_map(obj: Any, what: str) -> dict[str, Any]:
@@ -44,3 +47,35 @@ def counts(obj: Any, what: str) -> dict[str, int]:
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in found.items()):
         raise ValueError(f"{what} must map names to counts")
     return dict(found)
+
+
+def finite(value: float, what: str) -> float:
+    """A number JSON can carry: NaN and infinities are refused."""
+    if not math.isfinite(value):
+        raise ValueError(f"{what} {value} is not finite")
+    return value
+
+
+def plain(obj: Any, what: str, depth: int = 0) -> Any:
+    """Free-form data every view can show and JSON can carry: maps with string keys, lists, strings, bytes,
+    finite numbers, booleans, nil, nested at most MAX_DEPTH deep (no msgpack Timestamp or ext type)."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{what} is nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, float):
+        finite(obj, what)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{what} has a key of type {type(key).__name__}")
+            plain(value, what, depth + 1)
+    elif isinstance(obj, list):
+        for value in obj:
+            plain(value, what, depth + 1)
+    elif not isinstance(obj, PLAIN_LEAVES):
+        raise ValueError(f"{what} holds a {type(obj).__name__}")
+    return obj
+
+
+def plain_map(obj: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    """A field that must be a map of plain data (see plain)."""
+    return plain(typed(obj, key, dict, what), f"{what} {key!r}")

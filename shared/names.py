@@ -7,8 +7,10 @@ compare two names that may have been seen through different address families.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
+import unicodedata
 from typing import Any, TypeAlias
 
 Name: TypeAlias = tuple[Any, ...] | str | bytes
@@ -82,6 +84,23 @@ def json_name(obj: object) -> str:
     if isinstance(obj, bytes):
         return format_name(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps_json(obj: Any, indent: int | None = None) -> str:
+    """JSON that every reader can parse: abstract Unix names as @name, and never NaN or Infinity."""
+    return json.dumps(obj, default=json_name, allow_nan=False, indent=indent)
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control and format characters (escape sequences, newlines) shown as \\xNN."""
+    if text.isprintable():
+        return text
+    return "".join(ch if shown_as_is(ch) else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def shown_as_is(ch: str) -> bool:
+    """Whether a terminal shows a character as itself: printable, or a space of any width."""
+    return ch.isprintable() or unicodedata.category(ch) == "Zs"
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:

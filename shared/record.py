@@ -37,7 +37,6 @@ Each has v, time, service, host and drops like an observation, and its own check
 from __future__ import annotations
 
 import ipaddress
-import math
 import socket
 import time
 import uuid
@@ -47,11 +46,12 @@ from typing import Any, TypeAlias
 
 import msgpack
 
-from shared.fields import member, optional, require_map, typed
+from shared.fields import finite, member, optional, plain_map, require_map, typed
 from shared.framing import unpack_map
 from shared.names import Name, name_from_wire, name_to_wire
 
 SCHEMA_VERSION = 1
+MAX_RECORD = 64 * 1024  # bytes: the collector's ingest socket refuses bigger messages (ZMQ_MAXMSGSIZE)
 
 
 class Method(StrEnum):
@@ -171,7 +171,7 @@ class Observation:
             remote=name_from_wire(obj.get("remote")),
             time=moment,
             drops=drops,
-            extra=typed(obj, "extra", dict, "record"),
+            extra=plain_map(obj, "extra", "record"),
         )
 
 
@@ -228,9 +228,7 @@ def header(obj: dict[str, Any], what: str) -> tuple[float, str, str, int]:
     version = typed(obj, "v", int, what)
     if version != SCHEMA_VERSION:
         raise ValueError(f"{what} schema version {version} is not {SCHEMA_VERSION}")
-    moment = float(typed(obj, "time", (int, float), what))
-    if not math.isfinite(moment):
-        raise ValueError(f"{what} 'time' {moment} is not finite")
+    moment = finite(float(typed(obj, "time", (int, float), what)), f"{what} 'time'")
     drops = typed(obj, "drops", int, what)
     return moment, typed(obj, "service", str, what), typed(obj, "host", str, what), drops
 
@@ -289,7 +287,7 @@ class ConntrackEvent:
             family=family,
             original=ConntrackTuple.from_wire(obj.get("original"), "conntrack original"),
             reply=ConntrackTuple.from_wire(obj.get("reply"), "conntrack reply"),
-            setup=typed(obj, "setup", dict, what),
+            setup=plain_map(obj, "setup", what),
             time=moment,
             drops=drops,
         )
@@ -497,6 +495,8 @@ def unpack_observation(data: bytes) -> Observation:
 
 def unpack_record(data: bytes) -> Record:
     """Decode and check a record of any kind: no "kind" is a socket observation, else the kind's own reader."""
+    if len(data) > MAX_RECORD:
+        raise ValueError(f"record of {len(data)} bytes exceeds {MAX_RECORD}")
     obj = unpack_map(data, "record")
     kind = obj.get("kind")
     if kind is None:

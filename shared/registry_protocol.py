@@ -3,7 +3,7 @@
 Requests and replies are length-prefixed msgpack frames (shared.framing) on one TCP connection:
   {"op": "register", "flow", "name", "reported", "ports"} -> {"ok": true, "observed"}
   {"op": "lookup", "flow", "name", "reported"}            -> {"ok": true, "registrations": [...]}
-  {"op": "list", "flow", "reported"}                      -> {"ok": true, "registrations": [...]}
+  {"op": "list", "flow", "reported", "offset"}            -> {"ok": true, "registrations": [...], "next"}
   {"op": "stats", "flow", "reported"}                     -> {"ok": true, "stats": {...}}
   {"op": "connect", "flow", "reported", "name", "peer", "proto", "private", "stun", "wait"}
       -> when the peer asks too, both at once: {"ok": true, "rendezvous", "role", "proto", "self", "peer"}
@@ -14,6 +14,10 @@ source of the STUN Binding request whose transaction id `stun` names. The first 
 `wait` seconds) until the other asks; then both get each other's names at once, and one rendezvous id,
 the flow id both ends report the punch under. An unknown peer, a peer that never asks and a name
 registered from another address get {"ok": false, "error"}.
+A `list` reply is one page that fits a frame: "next" is the offset to ask from for the rest (nil: no more).
+A registration lives REGISTRATION_TTL seconds after its last register; the registry holds at most
+MAX_REGISTRATIONS (past that a new name is refused), each a name of at most MAX_NAME characters and a
+ports map of at most MAX_PORTS names to port numbers.
 A request the registry cannot serve gets {"ok": false, "error"}; a stream that is not frames is closed.
 Every request carries the flow id the client reports its end under, and the name it connected from
 (`reported`), so the registry can set the name it observes beside it.
@@ -28,7 +32,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.framing import pack_frame, recv_frame
+import msgpack
+
+from shared.fields import finite, plain
+from shared.framing import MAX_FRAME, pack_frame, recv_frame
 from shared.names import Name, name_from_wire, name_to_wire, unmap_host
 from shared.record import Family, Role, new_flow_id
 from shared.reporter import Reporter
@@ -50,6 +57,11 @@ class RegistryOp(StrEnum):
 
 PUNCH_PROTOS = ("udp", "tcp")
 MAX_WAIT = 60.0
+MAX_NAME = 255
+MAX_PORTS = 16
+MAX_REGISTRATIONS = 4096
+REGISTRATION_TTL = 24 * 3600.0
+PAGE_BYTES = MAX_FRAME - 1024  # a list page's registrations, leaving room for the reply around them
 
 
 @dataclass
@@ -92,10 +104,38 @@ class Registration:
         name, ports, when = obj.get("name"), obj.get("ports"), obj.get("time")
         if not isinstance(name, str) or not isinstance(ports, dict) or not isinstance(when, int | float):
             raise ValueError("registration needs a name, a ports map and a time")
+        finite(when, "registration time")
+        plain(ports, "registration ports")
         observed = name_from_wire(obj.get("observed"))
         if not isinstance(observed, tuple):
             raise ValueError("registration has no observed name")
         return cls(name, name_from_wire(obj.get("reported")), observed, ports, float(when))
+
+
+def check_register(frame: dict[str, Any]) -> tuple[str, dict[str, int | str]]:
+    """A register request's name and ports map, checked and bounded; garbage raises ValueError."""
+    name, ports = frame.get("name"), frame.get("ports") or {}
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"register needs a name of 1 to {MAX_NAME} characters")
+    if not isinstance(ports, dict) or len(ports) > MAX_PORTS:
+        raise ValueError(f"register ports must be a map of at most {MAX_PORTS} entries")
+    for key, port in ports.items():
+        number = isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535
+        path = isinstance(port, str) and len(port) <= MAX_NAME
+        if not isinstance(key, str) or len(key) > MAX_NAME or not (number or path):
+            raise ValueError(f"register ports must map names to port numbers or paths, not {key!r}: {port!r}")
+    return name, ports
+
+
+def page(entries: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int | None]:
+    """The entries from `offset` on that fit PAGE_BYTES packed, and the offset of the next page (None: no more)."""
+    size, end = 0, offset
+    while end < len(entries):
+        size += len(msgpack.packb(entries[end], use_bin_type=True))
+        if size > PAGE_BYTES and end > offset:
+            break
+        end += 1
+    return entries[offset:end], end if end < len(entries) else None
 
 
 @dataclass(frozen=True)
@@ -264,9 +304,18 @@ def lookup(address: tuple[str, int], name: str, reporter: Reporter) -> list[Regi
 
 
 def list_registrations(address: tuple[str, int], reporter: Reporter) -> list[Registration]:
-    """Every registration the registry holds."""
-    reply = request(address, {"op": RegistryOp.LIST.value}, reporter)
-    return [Registration.from_wire(entry) for entry in reply.get("registrations", [])]
+    """Every registration the registry holds, a page (one request) at a time."""
+    found: list[Registration] = []
+    offset: int | None = 0
+    for _ in range(MAX_REGISTRATIONS + 1):
+        reply = request(address, {"op": RegistryOp.LIST.value, "offset": offset}, reporter)
+        found += [Registration.from_wire(entry) for entry in reply.get("registrations", [])]
+        offset = reply.get("next")
+        if offset is None:
+            return found
+        if not isinstance(offset, int) or offset <= 0:
+            raise ValueError(f"list reply 'next' must be a positive offset, not {offset!r}")
+    raise ValueError(f"the registry's list runs past {MAX_REGISTRATIONS} pages")
 
 
 def stats(address: tuple[str, int], reporter: Reporter) -> dict[str, int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.fields import counts, member, optional, require_map, typed
+from shared.fields import counts, finite, member, optional, plain_map, require_map, typed
 from shared.names import Name, name_from_wire, name_to_wire
 from shared.nat import Behaviour
 from shared.record import Family, Proto
@@ -35,11 +35,13 @@ EVIDENCE_VALUES = (str, int, float, bool)
 
 
 def check_evidence(obj: Any, what: str) -> dict[str, Any]:
-    """A flat map of what a server saw of a client that is not socklab's: names to words or numbers."""
+    """A flat map of what a server saw of a client that is not socklab's: names to words or finite numbers."""
     evidence = require_map(obj, what)
     for key, value in evidence.items():
         if not isinstance(key, str) or not (value is None or isinstance(value, EVIDENCE_VALUES)):
             raise ValueError(f"{what} must map names to strings, numbers or nil, not {key!r}: {value!r}")
+        if isinstance(value, float):
+            finite(value, f"{what} {key!r}")
     return dict(evidence)
 
 
@@ -120,7 +122,7 @@ class Hop:
             rule=typed(hop, "rule", str, "hop"),
             before=before,
             after=after,
-            evidence=typed(hop, "evidence", dict, "hop"),
+            evidence=plain_map(hop, "evidence", "hop"),
         )
 
 
@@ -294,7 +296,7 @@ class LifetimeProbe:
         """Check and read a probe."""
         probe = require_map(obj, "lifetime probe")
         return cls(
-            idle=float(typed(probe, "idle", (int, float), "lifetime probe")),
+            idle=finite(float(typed(probe, "idle", (int, float), "lifetime probe")), "lifetime probe idle"),
             local=_address(probe.get("local"), "lifetime probe local"),
             mapped=_address(probe.get("mapped"), "lifetime probe mapped"),
             alive=typed(probe, "alive", bool, "lifetime probe"),
@@ -327,8 +329,8 @@ class MappingLifetime:
             raise ValueError("natcheck 'mapping_lifetime_probes' must be a list")
         expired = optional(obj, "mapping_lifetime", (int, float), "natcheck")
         return cls(
-            survived=float(typed(obj, "mapping_lifetime_survived", (int, float), "natcheck")),
-            expired=None if expired is None else float(expired),
+            survived=finite(float(typed(obj, "mapping_lifetime_survived", (int, float), "natcheck")), "natcheck"),
+            expired=None if expired is None else finite(float(expired), "natcheck 'mapping_lifetime'"),
             probes=tuple(LifetimeProbe.from_wire(probe) for probe in probes),
         )
 
@@ -405,7 +407,7 @@ class NatCheck:
         return cls(
             service=typed(check, "service", str, "natcheck"),
             host=typed(check, "host", str, "natcheck"),
-            time=float(typed(check, "time", (int, float), "natcheck")),
+            time=finite(float(typed(check, "time", (int, float), "natcheck")), "natcheck time"),
             result=NatCheckResult.from_wire(check),
         )
 

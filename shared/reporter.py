@@ -22,10 +22,10 @@ from typing import Any
 
 import zmq
 
-from shared.delivery import Gap, MessageKind, pack_gap, pack_message, unpack_ack
+from shared.delivery import MAX_ACK, Gap, MessageKind, pack_gap, pack_message, unpack_ack
 from shared.host_topology import read_topology
 from shared.names import Name
-from shared.record import Family, Method, Observation, Proto, Record, Role, pack_record
+from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Record, Role, pack_record
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def connect_dealer(context: zmq.Context, endpoint: str, window: int) -> zmq.Sock
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.SNDHWM, window)
     dealer.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged or still in the window
+    dealer.setsockopt(zmq.MAXMSGSIZE, MAX_ACK)  # it receives acks only
     dealer.connect(endpoint)
     return dealer
 
@@ -81,20 +82,24 @@ class Reporter:
         return len(self._unacked)
 
     def report(self, record: Record) -> bool:
-        """Queue one record of any kind without waiting; False when it was dropped."""
-        seq = next(self._seq)
-        if len(self._unacked) >= self.window:
+        """Queue one record of any kind without waiting; False when it was dropped (the window full, or the
+        record bigger than the collector takes): its number then joins the gap the next record reports."""
+        seq, data = next(self._seq), pack_record(record)
+        too_big = len(data) > MAX_RECORD
+        if too_big or len(self._unacked) >= self.window:
             self.dropped += 1
             first = self._gap.first if self._gap else seq
             self._gap = Gap(first, seq, self.service)
-            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+            if too_big:
+                log.warning("a %s record of %d bytes exceeds %d: dropped", self.service, len(data), MAX_RECORD)
+            elif self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning("report window full: %d records dropped", self.dropped)
             return False
         if self._gap is not None:
             gap, self._gap = self._gap, None
             self._queue(seq, pack_message(MessageKind.GAP, self.id, seq, pack_gap(gap)))
             seq = next(self._seq)
-        self._queue(seq, pack_message(MessageKind.RECORD, self.id, seq, pack_record(record)))
+        self._queue(seq, pack_message(MessageKind.RECORD, self.id, seq, data))
         self.sent += 1
         return True
 

@@ -21,6 +21,9 @@ ATTR_HEADER = struct.Struct("!HH")
 FINGERPRINT_XOR = 0x5354554E
 IPV4_PROTOCOL, IPV6_PROTOCOL = 0x01, 0x02
 CHANGE_IP, CHANGE_PORT = 0x04, 0x02
+ERROR_CLASSES = range(3, 7)  # RFC 8489 section 14.8: error codes 300 to 699
+ERROR_NUMBERS = range(100)
+MESSAGE_INTEGRITY_LENGTH = 20
 
 
 class Method(IntEnum):
@@ -47,6 +50,7 @@ class Attr(IntEnum):
     CHANGED_ADDRESS = 0x0005
     USERNAME = 0x0006
     MESSAGE_INTEGRITY = 0x0008
+    MESSAGE_INTEGRITY_SHA256 = 0x001C
     ERROR_CODE = 0x0009
     UNKNOWN_ATTRIBUTES = 0x000A
     XOR_MAPPED_ADDRESS = 0x0020
@@ -163,6 +167,8 @@ def _pack_attr_value(attr: int, value: Any, transaction_id: bytes) -> bytes:
         return struct.pack("!HH", value, 0)
     if attr == Attr.ERROR_CODE:
         code, reason = value
+        if code // 100 not in ERROR_CLASSES:
+            raise ValueError(f"STUN error code {code} is not between 300 and 699")
         return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode()
     if attr == Attr.UNKNOWN_ATTRIBUTES:
         return b"".join(struct.pack("!H", a) for a in value)
@@ -181,14 +187,30 @@ def _unpack_attr_value(attr: int, data: bytes, transaction_id: bytes) -> Any:
             raise ValueError(f"STUN attribute {attr:#06x} must be 4 bytes, not {len(data)}")
         return struct.unpack("!I", data)[0] if attr != Attr.RESPONSE_PORT else struct.unpack("!H", data[:2])[0]
     if attr == Attr.ERROR_CODE:
-        if len(data) < 4:
-            raise ValueError("STUN ERROR-CODE is less than 4 bytes")
-        return (data[2] & 0x07) * 100 + data[3], data[4:].decode(errors="replace")
+        return unpack_error_code(data)
     if attr == Attr.UNKNOWN_ATTRIBUTES:
-        return [struct.unpack("!H", data[i : i + 2])[0] for i in range(0, len(data) - 1, 2)]
+        if len(data) % 2:
+            raise ValueError(f"STUN UNKNOWN-ATTRIBUTES length {len(data)} is odd")
+        return [struct.unpack("!H", data[i : i + 2])[0] for i in range(0, len(data), 2)]
     if attr in (Attr.SOFTWARE, Attr.USERNAME):
         return data.decode(errors="replace")
     return data
+
+
+def unpack_error_code(data: bytes) -> tuple[int, str]:
+    """ERROR-CODE: a class 3 to 6 and a number 0 to 99 (RFC 8489 section 14.8), then a UTF-8 reason."""
+    if len(data) < 4:
+        raise ValueError("STUN ERROR-CODE is less than 4 bytes")
+    cls, number = data[2] & 0x07, data[3]
+    if cls not in ERROR_CLASSES:
+        raise ValueError(f"STUN ERROR-CODE class {cls} is not between 3 and 6")
+    if number not in ERROR_NUMBERS:
+        raise ValueError(f"STUN ERROR-CODE number {number} is not between 0 and 99")
+    try:
+        reason = data[4:].decode()
+    except UnicodeDecodeError:
+        raise ValueError("STUN ERROR-CODE reason is not UTF-8") from None
+    return cls * 100 + number, reason
 
 
 def pack_message(msg: Message, *, fingerprint: bool = False) -> bytes:
@@ -220,18 +242,34 @@ def unpack_message(data: bytes) -> Message:
         raise ValueError("STUN message length does not match the packet")
     method, cls = split_type(mtype)
     attributes: dict[int, Any] = {}
-    pos = HEADER_LENGTH
+    pos, integrity = HEADER_LENGTH, False
     while pos < len(data):  # the length is a multiple of 4, so a whole attribute header is always there
         attr, alen = ATTR_HEADER.unpack_from(data, pos)
         start = pos + ATTR_HEADER.size
         if start + alen > len(data):
             raise ValueError("STUN attribute value is truncated")
         value = data[start : start + alen]
+        pos = start + alen + (-alen % 4)
         if attr == Attr.FINGERPRINT:
-            expected = binascii.crc32(data[:pos]) ^ FINGERPRINT_XOR
+            if pos != len(data):
+                raise ValueError("STUN FINGERPRINT is not the last attribute")
+            expected = binascii.crc32(data[: start - ATTR_HEADER.size]) ^ FINGERPRINT_XOR
             if len(value) != 4 or struct.unpack("!I", value)[0] != expected:
                 raise ValueError("STUN fingerprint does not match")
+        elif integrity:
+            continue  # RFC 5389 section 15.4: after MESSAGE-INTEGRITY only FINGERPRINT counts, the rest is ignored
+        if attr in (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256):
+            check_integrity_length(attr, alen)
+            integrity = True
         key = Attr(attr) if attr in Attr._value2member_map_ else attr
-        attributes[key] = _unpack_attr_value(attr, value, transaction_id)
-        pos = start + alen + (-alen % 4)
+        if key not in attributes:  # RFC 8489 section 14: only the first of a repeated attribute counts
+            attributes[key] = _unpack_attr_value(attr, value, transaction_id)
     return Message(method, cls, transaction_id, attributes, cookie)
+
+
+def check_integrity_length(attr: int, length: int) -> None:
+    """MESSAGE-INTEGRITY is an HMAC-SHA1 of 20 bytes; MESSAGE-INTEGRITY-SHA256 16 to 32 bytes, a multiple of 4."""
+    if attr == Attr.MESSAGE_INTEGRITY and length != MESSAGE_INTEGRITY_LENGTH:
+        raise ValueError(f"STUN MESSAGE-INTEGRITY must be 20 bytes, not {length}")
+    if attr == Attr.MESSAGE_INTEGRITY_SHA256 and (length % 4 or not 16 <= length <= 32):
+        raise ValueError(f"STUN MESSAGE-INTEGRITY-SHA256 must be 16 to 32 bytes in fours, not {length}")

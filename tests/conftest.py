@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, settings
 
 from services.collector import Collector, Store, bind, serve
 from services.echo import EchoServer
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from shared.stack import Stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+# Property tests (tests/unit/test_properties.py): seconds in all by default; HYPOTHESIS_PROFILE=fuzz for long runs.
+settings.register_profile("default", max_examples=40, deadline=None, database=None)
+settings.register_profile(
+    "fuzz", max_examples=200_000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 MakeReporter = Callable[[str], Reporter]
 ZmqSocket = Callable[[int], zmq.Socket]

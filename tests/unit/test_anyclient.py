@@ -22,6 +22,7 @@ from services.echo import MAX_PENDING, EchoServer, Limits, StreamConn
 from services.flows import join_flows
 from services.oneside import RAW_ECHO, WHOAMI, WHOAMI_HTTP
 from services.whoami import MAX_HEAD, choose_type
+from shared.framing import pack_frame, recv_frame
 from shared.names import format_name
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation
 from shared.report_model import Flow, FlowVerdict, check_evidence
@@ -342,18 +343,30 @@ def test_evidence_is_a_flat_map() -> None:
             check_evidence(bad, "evidence")
 
 
-ECHO_WITH_FEW_DESCRIPTORS = """
+SERVER_WITH_FEW_DESCRIPTORS = """
 import resource, sys, threading, zmq
-from services.collector import read_record
 from services.echo import EchoServer
+from services.registry import RegistryServer
 from shared.reporter import Reporter
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-reporter = Reporter(zmq.Context(), sys.argv[1], "echo")
-server = EchoServer(reporter, 0, None, whoami_port=0)
-server.listen()
-print(server.whoami_port, flush=True)
+reporter = Reporter(zmq.Context(), sys.argv[1], sys.argv[3])
+if sys.argv[3] == "echo":
+    server = EchoServer(reporter, 0, None, whoami_port=0)
+    server.listen()
+    print(server.whoami_port, flush=True)
+else:
+    server = RegistryServer(reporter, 0, 0)
+    print(server.port, flush=True)
 server.serve(threading.Event())
 """
+
+
+def served(service: str, sock: socket.socket) -> bool:
+    """Whether a server answers a fresh client: echo's whoami line, or the registry's stats."""
+    if service == "echo":
+        return sock.recv(100).startswith(b"you are")
+    sock.sendall(pack_frame({"op": "stats", "flow": "late"}))
+    return recv_frame(sock)["ok"] is True
 
 
 def cpu_seconds(pid: int) -> float:
@@ -362,10 +375,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_out_of_descriptors_backs_off_instead_of_spinning(live_collector: LiveCollector, tmp_path: Path) -> None:
-    log = tmp_path / "echo.log"  # a file, not a pipe: a spinning echo must not be stopped by a full pipe
+@pytest.mark.parametrize("service", ["echo", "registry"])
+def test_out_of_descriptors_backs_off_instead_of_spinning(
+    live_collector: LiveCollector, tmp_path: Path, service: str
+) -> None:
+    log = tmp_path / "server.log"  # a file, not a pipe: a spinning server must not be stopped by a full pipe
     echo = subprocess.Popen(
-        [sys.executable, "-c", ECHO_WITH_FEW_DESCRIPTORS, live_collector.ingest, "48"],
+        [sys.executable, "-c", SERVER_WITH_FEW_DESCRIPTORS, live_collector.ingest, "48", service],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -378,12 +394,12 @@ def test_out_of_descriptors_backs_off_instead_of_spinning(live_collector: LiveCo
         time.sleep(0.5)
         before = cpu_seconds(echo.pid)
         time.sleep(1.0)
-        assert cpu_seconds(echo.pid) - before < 0.1, "echo must not spin on a listener it cannot accept from"
+        assert cpu_seconds(echo.pid) - before < 0.1, f"{service} must not spin on a listener it cannot accept from"
         for sock in held:
             sock.close()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as late:
             late.settimeout(5)
-            assert late.recv(100).startswith(b"you are"), "served again once descriptors are free"
+            assert served(service, late), "served again once descriptors are free"
     finally:
         for sock in held:
             sock.close()

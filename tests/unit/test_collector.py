@@ -15,10 +15,11 @@ import zmq
 
 from services.collector import Collector, Store, serve_page
 from services.report import format_table
-from shared.collector_protocol import query_collector
+from shared.collector_protocol import MAX_QUERY, query_collector
 from shared.delivery import MessageKind, pack_message, unpack_ack, unpack_message
+from shared.names import dumps_json
 from shared.nat import Behaviour
-from shared.record import Family, Method, Observation, Proto, Role, pack_observation
+from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Role, pack_observation
 from shared.report_model import Flow, FlowVerdict, NatCheckResult, Report, StunTransaction
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
@@ -256,6 +257,14 @@ def test_a_natcheck_summary_is_read_once_at_ingest_and_reported_typed(tmp_path: 
             "record extra natcheck: natcheck test 'name' has type bytes",
         ),
         ({"scenario": 4}, "record extra 'scenario' has type int"),
+        ({"seen": msgpack.Timestamp(1, 0)}, "record 'extra' holds a Timestamp"),
+        ({"seen": msgpack.ExtType(5, b"x")}, "record 'extra' holds a ExtType"),
+        ({"evidence": {"rtt": float("nan")}}, "record 'extra' nan is not finite"),
+        ({"deep": [[[[[[[[[[1]]]]]]]]]]}, "record 'extra' is nested deeper than 8"),
+        (
+            {"natcheck": {**RESULT.to_wire(), "mapping_lifetime_survived": float("inf")}},
+            "record 'extra' inf is not finite",
+        ),
     ],
     ids=[
         "not-a-map",
@@ -266,6 +275,11 @@ def test_a_natcheck_summary_is_read_once_at_ingest_and_reported_typed(tmp_path: 
         "bytes-host",
         "bytes-test",
         "scenario",
+        "timestamp",
+        "ext-type",
+        "nan-evidence",
+        "deep",
+        "infinite-lifetime",
     ],
 )
 def test_a_record_whose_extras_would_break_the_report_is_rejected_and_counted(
@@ -277,7 +291,7 @@ def test_a_record_whose_extras_would_break_the_report_is_rejected_and_counted(
     assert (collector.rejected, len(collector.observations)) == (1, 1)
     assert error in caplog.text
     report = collector.report()
-    assert report.natchecks == () and Report.from_wire(json.loads(json.dumps(report.to_wire()))) == report
+    assert report.natchecks == () and Report.from_wire(json.loads(dumps_json(report.to_wire()))) == report
     assert format_table(report)
     collector.store.close()
 
@@ -308,3 +322,45 @@ def test_abstract_unix_names_reach_json_as_at_names(tmp_path: Path) -> None:
         server.server_close()
         collector.store.close()
     assert served["flows"][0]["client"]["peername"] == "@socklab"
+
+
+def test_a_message_past_maxmsgsize_never_reaches_ingest_and_the_collector_serves_on(
+    live_collector: LiveCollector, zmq_socket: ZmqSocket, zmq_context: zmq.Context
+) -> None:
+    big = observation("big", Role.CLIENT, "getsockname", extra={"pad": "x" * MAX_RECORD})
+    assert len(big) > MAX_RECORD
+    rid = bytes(range(16))
+    sender = zmq_socket(zmq.DEALER)
+    sender.connect(live_collector.ingest)
+    sender.send(pack_message(MessageKind.RECORD, rid, 1, big))
+    other = zmq_socket(zmq.DEALER)
+    other.connect(live_collector.ingest)
+    other.send(pack_message(MessageKind.RECORD, rid[::-1], 1, GOOD[0]))
+    live_collector.wait_for_records(count=1)
+    assert [o.flow for o in live_collector.records()] == ["f1"], "the oversized record was refused unread"
+    assert query_collector(zmq_context, live_collector.query, {"op": "ping", "pad": "x" * 100})["ok"]
+    with pytest.raises(TimeoutError):  # the REP socket drops a query past its bound; no reply comes
+        query_collector(zmq_context, live_collector.query, {"op": "ping", "pad": "x" * MAX_QUERY}, timeout=0.5)
+    assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"], "and still answers"
+
+
+def test_a_record_bigger_than_the_collector_takes_is_dropped_and_counted_by_its_reporter(
+    zmq_context: zmq.Context, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = Reporter(zmq_context, f"tcp://127.0.0.1:{closed_port}", "svc")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        assert not reporter.observe(sock, "bind", None, Role.SERVER, extra={"pad": "x" * MAX_RECORD})
+    assert reporter.dropped == 1 and reporter.unacked == 0, "dropped, never sent"
+    assert f"exceeds {MAX_RECORD}: dropped" in caplog.text
+    reporter.close(grace=0)
+
+
+def test_the_table_shows_escape_sequences_in_names_as_text(tmp_path: Path) -> None:
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    hostile = "\x1b]0;pwned\x07\x1b[2J"
+    collector.ingest(observation("e1", Role.CLIENT, "getsockname", local=(hostile, 1), extra={"scenario": hostile}))
+    for wide in (False, True):
+        table = format_table(collector.report(), wide)
+        assert "\x1b" not in table and "\x07" not in table
+        assert "\\x1b]0;pwned\\x07" in table
+    collector.store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,9 +12,10 @@ from services.registry import RegistryServer
 from shared import stun
 from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
-from shared.registry_protocol import request
+from shared.record import Family
+from shared.registry_protocol import REGISTRATION_TTL, Registration, list_registrations, request
 from shared.reporter import Reporter
-from tests.conftest import LiveCollector
+from tests.conftest import LiveCollector, Loops, MakeReporter, serving
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
@@ -75,8 +77,12 @@ def test_each_request_is_a_flow_both_ends_report(
         ({"op": "list", "flow": ""}, "request has no flow id"),
         ({"op": "dance", "flow": "x"}, "unknown op 'dance'"),
         ({"op": "register", "flow": "x", "name": ""}, "register needs a name"),
-        ({"op": "register", "flow": "x"}, "'name'"),
+        ({"op": "register", "flow": "x"}, "register needs a name of 1 to 255 characters"),
+        ({"op": "register", "flow": "x", "name": "n" * 256}, "register needs a name of 1 to 255 characters"),
         ({"op": "register", "flow": "x", "name": "n", "ports": [1]}, "register ports must be a map"),
+        ({"op": "register", "flow": "x", "name": "n", "ports": {"tcp": 70000}}, "port numbers or paths"),
+        ({"op": "register", "flow": "x", "name": "n", "ports": {str(i): i for i in range(17)}}, "at most 16"),
+        ({"op": "list", "flow": "x", "offset": -1}, "list offset must be a count, not -1"),
         ({"op": "register", "flow": "x", "name": "n", "reported": [1]}, "name must have 2 or 4 items"),
         ({"op": "lookup", "flow": "x"}, "'name'"),
     ],
@@ -177,3 +183,51 @@ def test_malformed_stun_is_counted_reported_and_the_server_keeps_answering(
     }
     response = exchange(udp, stun.Message(stun.Method.BINDING, stun.Class.REQUEST), registry_server.stun_port)
     assert response.cls == stun.Class.RESPONSE
+
+
+def test_a_list_past_one_frame_comes_in_pages_and_holds_every_registration(
+    registry_server: RegistryServer, reporter: Reporter
+) -> None:
+    address = ("127.0.0.1", registry_server.port)
+    for i in range(700):  # ≈ 560 registrations filled the 64 KiB frame a single reply had
+        registry_server.registrations[(f"svc-{i}", Family.IPV4)] = Registration(
+            f"svc-{i}", ("10.0.0.1", 1000 + i), ("::ffff:10.0.0.1", 1000 + i, 0, 0), {"tcp": 7007}
+        )
+    first = request(address, {"op": "list"}, reporter)
+    assert 0 < len(first["registrations"]) < 700 and first["next"] == len(first["registrations"])
+    listed = list_registrations(address, reporter)
+    assert sorted(r.name for r in listed) == sorted(f"svc-{i}" for i in range(700))
+    assert registry_server.stats["rejected"] == 0 and registry_server.stats["reply_too_large"] == 0
+
+
+def test_registrations_expire_and_past_the_cap_a_new_name_is_refused(
+    registry_server: RegistryServer, reporter: Reporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = ("127.0.0.1", registry_server.port)
+    request(address, {"op": "register", "name": "old"}, reporter)
+    registry_server.registrations[("old", Family.IPV4)].time -= REGISTRATION_TTL + 1
+    request(address, {"op": "register", "name": "new"}, reporter)
+    assert [name for name, _ in registry_server.registrations] == ["new"]
+    assert registry_server.stats["expired"] == 1
+    monkeypatch.setattr("services.registry.MAX_REGISTRATIONS", 1)
+    with pytest.raises(LookupError, match="the registry holds 1 registrations: full"):
+        request(address, {"op": "register", "name": "another"}, reporter)
+    request(address, {"op": "register", "name": "new"}, reporter)  # renewing one held is not a new one
+    assert registry_server.stats["registry_full"] == 1
+
+
+def test_idle_request_streams_are_closed_and_past_the_cap_clients_wait(
+    make_reporter: MakeReporter, loops: Loops
+) -> None:
+    for server in serving(loops, RegistryServer(make_reporter("registry"), 0, 0, max_streams=2, idle_timeout=0.5)):
+        address = ("127.0.0.1", server.port)
+        held = [socket.create_connection(address, timeout=5) for _ in range(2)]
+        with socket.create_connection(address, timeout=5) as late:
+            late.sendall(pack_frame({"op": "stats", "flow": "late"}))
+            started = time.monotonic()
+            assert recv_frame(late)["ok"], "served once the idle streams were closed"
+            assert time.monotonic() - started > 0.3, "it waited in the backlog until then"
+        assert [sock.recv(10) for sock in held] == [b"", b""]
+        assert server.stats["idle_closed"] >= 2 and server.stats["stream_cap"] >= 1
+        for sock in held:
+            sock.close()

@@ -200,8 +200,49 @@ def packet(*attributes: bytes) -> bytes:
         (packet(attr(0x0009, b"\x00\x00")), "STUN ERROR-CODE is less than 4 bytes"),
         (packet(attr(0x8028, bytes(4))), "STUN fingerprint does not match"),
         (packet(attr(0x8028, bytes(8))), "STUN fingerprint does not match"),
+        (packet(attr(0x0009, b"\x00\x00\x04\x96")), "STUN ERROR-CODE number 150 is not between 0 and 99"),
+        (packet(attr(0x0009, b"\x00\x00\x02\x00")), "STUN ERROR-CODE class 2 is not between 3 and 6"),
+        (packet(attr(0x0009, b"\x00\x00\x04\x00\xff")), "STUN ERROR-CODE reason is not UTF-8"),
+        (packet(attr(0x000A, b"\x00\x01\x00")), "STUN UNKNOWN-ATTRIBUTES length 3 is odd"),
+        (packet(attr(0x0008, bytes(16))), "STUN MESSAGE-INTEGRITY must be 20 bytes, not 16"),
+        (packet(attr(0x001C, bytes(12))), "STUN MESSAGE-INTEGRITY-SHA256 must be 16 to 32 bytes in fours, not 12"),
     ],
 )
 def test_malformed_packets_raise_exact_errors(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(error)}$"):
         stun.unpack_message(data)
+
+
+def with_fingerprint(message: bytes) -> bytes:
+    """A message with a correct FINGERPRINT appended (its length counting the attribute)."""
+    grown = message[:2] + (len(message) - 20 + 8).to_bytes(2, "big") + message[4:]
+    value = binascii.crc32(grown) ^ 0x5354554E
+    return grown + attr(0x8028, value.to_bytes(4, "big"))
+
+
+def test_a_fingerprint_that_is_not_the_last_attribute_is_refused() -> None:
+    fingerprinted = with_fingerprint(packet(attr(0x8022, b"abcd")))
+    body = fingerprinted[20:] + attr(0x8022, b"late")
+    with pytest.raises(ValueError, match=r"^STUN FINGERPRINT is not the last attribute$"):
+        stun.unpack_message(header(len(body)) + body)
+
+
+def test_after_message_integrity_only_the_fingerprint_counts() -> None:
+    integrity = attr(0x0008, bytes(20))
+    message = with_fingerprint(packet(attr(0x8022, b"mine"), integrity, attr(0x8022, b"late"), attr(0x0001, b"junk")))
+    read = stun.unpack_message(message)
+    assert read.attributes[Attr.SOFTWARE] == "mine"
+    assert read.attributes[Attr.MESSAGE_INTEGRITY] == bytes(20)
+    assert Attr.MAPPED_ADDRESS not in read.attributes, "an attribute after MESSAGE-INTEGRITY is ignored, not parsed"
+    assert Attr.FINGERPRINT in read.attributes
+
+
+def test_the_first_of_a_repeated_attribute_counts() -> None:
+    read = stun.unpack_message(packet(attr(0x8022, b"one!"), attr(0x8022, b"two!")))
+    assert read.attributes[Attr.SOFTWARE] == "one!"
+
+
+def test_an_error_code_outside_300_to_699_is_not_packed() -> None:
+    message = stun.Message(Method.BINDING, Class.ERROR, attributes={Attr.ERROR_CODE: (800, "no")})
+    with pytest.raises(ValueError, match=r"^STUN error code 800 is not between 300 and 699$"):
+        stun.pack_message(message)
