@@ -60,6 +60,8 @@ def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
     if not isinstance(record, Observation):
         return record, None
     optional(record.extra, "scenario", str, "record extra")
+    if (optional(record.extra, "unreported", int, "record extra") or 0) < 0:
+        raise ValueError("record extra 'unreported' must not be negative")
     if "evidence" in record.extra:
         check_evidence(record.extra["evidence"], "record extra evidence")
     if "natcheck" not in record.extra:
@@ -206,8 +208,8 @@ class Collector:
                 self.observations.append(record)
                 self.methods[str(record.method)] += 1
                 self.drops[record.service] = max(self.drops.get(record.service, 0), record.drops)
-                if "rejected" in record.extra:
-                    self.service_rejects[record.service] += 1
+                if "rejected" in record.extra:  # with those its reporter refused past its rate and did not report
+                    self.service_rejects[record.service] += 1 + record.extra.get("unreported", 0)
             if natcheck is not None:
                 self.natchecks.append(natcheck)
         if isinstance(record, Observation):

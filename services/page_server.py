@@ -7,13 +7,15 @@
   /report.json      the whole report (the same filters), as `socklab report --json` prints it
 Flows come from the collector's index (joined only where records arrived since the last read); the
 picture is rebuilt at most once a second. Connections are served by a bounded number of threads,
-each with a socket timeout; past the bound a request gets 503 at once.
+each with a socket timeout and a deadline for the whole connection (a client sending a byte every few
+seconds cannot hold a thread); past the bound a request gets 503 at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,8 +157,12 @@ class PageServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[PageHandler], workers: int = 8) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type[PageHandler], workers: int = 8, deadline: float = 30.0
+    ) -> None:
         super().__init__(address, handler)
+        self.deadline = deadline
+        self.deadlines_hit = 0
         self.slots = threading.BoundedSemaphore(workers)
         self.serving = 0
         self._count = threading.Lock()
@@ -174,12 +180,22 @@ class PageServer(ThreadingHTTPServer):
         """Serve one request, then give its slot back."""
         with self._count:
             self.serving += 1
+        deadline = threading.Timer(self.deadline, self.cut, (request,))
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             with self._count:
                 self.serving -= 1
             self.slots.release()
+
+    def cut(self, request: socket.socket) -> None:
+        """End a connection that outlived the deadline: its thread's reads and writes fail at once."""
+        self.deadlines_hit += 1
+        log.info("page connection past its %.0f s deadline: closed", self.deadline)
+        with contextlib.suppress(OSError):
+            request.shutdown(socket.SHUT_RDWR)
 
 
 def serve_page(collector: Collector, host: str, port: int) -> PageServer:

@@ -32,6 +32,26 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 10_000
 RESEND_AFTER = 2.0  # seconds a record may wait for its ack before it is sent again
 COURIER_TICK = 0.1  # the courier's longest sleep: resends and a missed wake-up wait at most this long
+REJECT_RATE = 10.0  # refused inputs logged and reported a second, at most; the rest are only counted
+REJECT_BURST = 20
+
+
+class RateLimit:
+    """A token bucket: `rate` a second, up to `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+
+    def allow(self, now: float) -> bool:
+        """Take a token if one is there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def connect_dealer(context: zmq.Context, endpoint: str, window: int) -> zmq.Socket:
@@ -63,6 +83,8 @@ class Reporter:
         self.resend_after = resend_after
         self.sent = 0
         self.dropped = 0
+        self.rejects = RateLimit(REJECT_RATE, REJECT_BURST)
+        self.unreported_rejects = 0
         self.acked = 0
         self.resent = 0
         self.bad_acks = 0
@@ -143,9 +165,24 @@ class Reporter:
         )
 
     def reject(self, sock: socket.socket, method: str, remote: Name, reason: Exception) -> None:
-        """Log input a parser refused and report who sent it, so the collector counts it per service."""
-        log.warning("%s rejected %s input from %s: %s", self.service, method, remote, reason)
-        self.observe(sock, method, None, Role.SERVER, remote=remote, extra={"rejected": str(reason)})
+        """Log input a parser refused and report who sent it, so the collector counts it per service; past
+        REJECT_RATE a second a refusal is only counted, and the next one reported carries that count."""
+        if not self.rejects.allow(time.monotonic()):
+            self.unreported_rejects += 1
+            return
+        extra: dict[str, Any] = {"rejected": str(reason)}
+        if self.unreported_rejects:
+            extra["unreported"] = self.unreported_rejects
+        log.warning(
+            "%s rejected %s input from %s: %s%s",
+            self.service,
+            method,
+            remote,
+            reason,
+            f" (and {self.unreported_rejects} more before, not logged)" if self.unreported_rejects else "",
+        )
+        self.unreported_rejects = 0
+        self.observe(sock, method, None, Role.SERVER, remote=remote, extra=extra)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the collector has acknowledged every record so far; False if the time ran out."""

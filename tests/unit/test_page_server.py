@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -165,3 +167,27 @@ def test_past_its_bound_of_threads_the_server_says_503_at_once(tmp_path: Path) -
         server.shutdown()
         server.server_close()
         collector.store.close()
+
+
+def test_a_connection_that_dribbles_its_request_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    handler = type("Page", (PageHandler,), {"view": None, "timeout": 30})
+    server = PageServer(("127.0.0.1", 0), handler, workers=1, deadline=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as slow:
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+                    slow.sendall(bytes([byte]))  # each byte well within the socket timeout
+                    time.sleep(0.1)
+            try:
+                answer = slow.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", "closed without an answer"
+            assert time.monotonic() - started < 3
+        assert server.deadlines_hit == 1
+        wait_for(lambda: server.serving == 0, "the slot given back")
+    finally:
+        server.shutdown()
+        server.server_close()

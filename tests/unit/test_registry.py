@@ -14,7 +14,7 @@ from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
 from shared.record import Family
 from shared.registry_protocol import REGISTRATION_TTL, Registration, list_registrations, request
-from shared.reporter import Reporter
+from shared.reporter import REJECT_BURST, REJECT_RATE, Reporter
 from tests.conftest import LiveCollector, Loops, MakeReporter, serving
 from tests.helpers import wait_for
 
@@ -183,6 +183,31 @@ def test_malformed_stun_is_counted_reported_and_the_server_keeps_answering(
     }
     response = exchange(udp, stun.Message(stun.Method.BINDING, stun.Class.REQUEST), registry_server.stun_port)
     assert response.cls == stun.Class.RESPONSE
+
+
+def test_a_flood_of_garbage_datagrams_is_counted_whole_but_reported_and_logged_at_a_bounded_rate(
+    registry_server: RegistryServer,
+    live_collector: LiveCollector,
+    udp: socket.socket,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    destination = (udp.getsockname()[0], registry_server.stun_port)
+    for _ in range(1000):
+        udp.sendto(b"\xff" * 20, destination)
+    time.sleep(1.0)  # those the socket's buffer held are read by now
+    flood = registry_server.stun.stats["stun_rejected"]
+    assert flood >= 100
+    udp.sendto(b"\xff" * 20, destination)  # after a quiet second: reported, with the count of those that were not
+    wait_for(lambda: registry_server.stun.stats["stun_rejected"] == flood + 1, "the last one counted")
+    records = live_collector.wait_for_records(
+        lambda o: "unreported" in o.extra, 1, "a rejection carrying the unreported count"
+    )
+    stored = [o for o in live_collector.records() if "rejected" in o.extra]
+    assert len(stored) <= REJECT_BURST + 2 * REJECT_RATE, "records stored stay bounded"
+    assert len(stored) + sum(o.extra.get("unreported", 0) for o in stored) == flood + 1, records
+    assert live_collector.collector.report().service_rejects["registry"] == flood + 1, "the report counts them all"
+    logged = [r for r in caplog.records if "rejected recvfrom input" in r.getMessage()]
+    assert len(logged) == len(stored), "a log line per reported rejection only"
 
 
 def test_a_list_past_one_frame_comes_in_pages_and_holds_every_registration(
