@@ -2,7 +2,8 @@
 
 Coverage-guided with atheris (libFuzzer) when it is installed (`pip install -e '.[fuzz]'`), else Hypothesis
 drawing bytes. Each parser starts from its kept corpus, fuzz/corpus/PARSER/ (fuzz/seeds.py when that is
-empty); the inputs that reached new code are kept there, at most MAX_LEN bytes each. Findings are saved in
+empty); after the run libFuzzer merges what it had with what reached new code into the fewest inputs that
+cover as much (`-merge=1`), and those, at most MAX_LEN bytes each, are kept there. Findings are saved in
 fuzz/findings/PARSER/ (not kept in git: fix each, with a regression test). Exit status 1 when any was found.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -49,17 +51,32 @@ def starting_corpus(parser: str) -> list[bytes]:
     return kept or seeds()[parser]
 
 
+def launcher(parser: str, folder: Path) -> Path:
+    """A script that runs the engine on one parser: libFuzzer runs it again to merge (minimise) a corpus."""
+    script = folder / f"fuzz-{parser}"
+    script.write_text(f'#!/bin/sh\ncd "{HERE.parent}" && exec "{sys.executable}" -m fuzz.engine {parser} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
 def run_atheris(parser: str, runs: int) -> dict[str, object]:
-    """One parser under libFuzzer; new coverage lands in its corpus folder."""
-    with tempfile.TemporaryDirectory() as work:
-        fill(Path(work), starting_corpus(parser))
-        command = [sys.executable, "-m", "fuzz.engine", parser, f"-runs={runs}", f"-max_len={MAX_LEN}"]
-        done = subprocess.run([*command, "-print_final_stats=0", work], capture_output=True, text=True, check=False)
+    """One parser under libFuzzer, then its corpus merged to the fewest inputs that keep all the coverage."""
+    with tempfile.TemporaryDirectory() as temp:
+        work, merged, script = Path(temp) / "work", Path(temp) / "merged", launcher(parser, Path(temp))
+        fill(work, starting_corpus(parser))
+        merged.mkdir()
+        env = {**os.environ, "FUZZ_LAUNCHER": str(script)}
+        command = [str(script), f"-runs={runs}", f"-max_len={MAX_LEN}", "-print_final_stats=0", str(work)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not lines:
             raise RuntimeError(f"fuzzing {parser} stopped early (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        merge = [str(script), "-merge=1", str(merged), str(work)]
+        done = subprocess.run(merge, capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0 or not any(merged.iterdir()):
+            raise RuntimeError(f"merging {parser}'s corpus failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         shutil.rmtree(CORPUS / parser, ignore_errors=True)
-        fill(CORPUS / parser, [path.read_bytes() for path in Path(work).iterdir()])
+        fill(CORPUS / parser, [path.read_bytes() for path in merged.iterdir()])
     summary: dict[str, object] = json.loads(lines[-1])
     return summary
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -66,7 +67,8 @@ def main() -> None:
     parser, args = sys.argv[1], sys.argv[2:]
     logging.disable(logging.CRITICAL)  # a parser's refusals are logged: a line per input would be the run's cost
     runs = next((int(arg.split("=", 1)[1]) for arg in args if arg.startswith("-runs=")), -1)
-    atheris.Setup([sys.argv[0], *args], Counted(parser, runs))
+    # libFuzzer runs its argv[0] again for -merge: the campaign's launcher script, not this module's file.
+    atheris.Setup([os.environ.get("FUZZ_LAUNCHER", sys.argv[0]), *args], Counted(parser, runs))
     atheris.Fuzz()
 
 

@@ -30,7 +30,7 @@ def unpack_map(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ValueError(f"{what} is not msgpack: {exc}") from None
+        raise ValueError(f"{what} is not msgpack: {str(exc) or type(exc).__name__}") from None
     return require_map(obj, what)
 
 

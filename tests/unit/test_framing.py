@@ -103,3 +103,20 @@ def test_recv_frame_on_a_real_socket_pair() -> None:
         a.close()
         with pytest.raises(EOFError, match=r"^socket closed after 1 of 4 bytes$"):
             recv_frame(b)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x81\xa1a" + b"\x91" * 5000 + b"\xc0", "is not msgpack: StackError"),
+        (b"\x81\xa1a\xdb\xff\xff\xff\xff", "is not msgpack: Unpack failed: incomplete input"),
+        (b"\x81\xa1a\xdd\xff\xff\xff\xff", "4294967295 exceeds max_array_len"),
+        (b"\x81\xa1a\xdf\xff\xff\xff\xff", "4294967295 exceeds max_map_len"),
+    ],
+    ids=["deep-nesting", "huge-string", "huge-array", "huge-map"],
+)
+def test_deep_nesting_and_huge_declared_lengths_are_refused_before_anything_is_allocated(
+    data: bytes, error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        unpack_map(data, "frame")
