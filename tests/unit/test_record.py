@@ -123,3 +123,19 @@ def test_a_record_round_trips_byte_for_byte_through_its_map() -> None:
 def test_a_time_json_cannot_carry_is_refused(moment: float) -> None:
     with pytest.raises(ValueError, match=r"^record 'time' .* is not finite$"):
         unpack_observation(wire(time=moment))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"local": ("192.0.2.1", 80), "remote": ("192.0.2.2", 65535)}, {"time": 2}, {"flow": None}, {"remote": "/p"}],
+    ids=["ipv6", "ipv4", "int-time", "no-flow", "path"],
+)
+def test_the_one_pass_reader_reads_what_the_field_by_field_reader_reads(changes: dict[str, Any]) -> None:
+    obj = msgpack.unpackb(pack_observation(record(**changes)), raw=False)
+    fast, checked = Observation.from_wire(obj), Observation.checked(obj)
+    assert fast == checked and type(fast.time) is float and type(fast.local) is type(checked.local)
+
+
+def test_held_records_share_one_copy_of_each_service_name() -> None:
+    first, second = (unpack_observation(pack_observation(record())) for _ in range(2))
+    assert first.service is second.service and first.host is second.host

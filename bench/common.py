@@ -1,0 +1,137 @@
+"""What every benchmark shares: A/B rounds interleaved, CPU time from schedstat, medians, and results.json.
+
+A benchmark measures a subject against a baseline in the same run: rounds alternate A B, B A, ... so a
+noisy neighbour on a shared 2-core machine hits both alike. Wall rates swing; CPU per operation (the
+serving process's threads, from /proc/PID/task/*/schedstat) is steadier, so both are kept and printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed run: operations per wall second, and the server's CPU microseconds per operation."""
+
+    rate: float
+    cpu_us: float
+    lost: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time every thread of a process has run so far (schedstat's first field, in ns)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def interleave(variants: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
+    """Run each variant once a round, the order reversed every other round."""
+    names = list(variants)
+    runs: dict[str, list[Sample]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            runs[name].append(variants[name]())
+    return runs
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest."""
+    return statistics.median(values), min(values), max(values)
+
+
+def summarize(title: str, unit: str, runs: dict[str, list[Sample]], baseline: str) -> dict[str, Any]:
+    """Print each variant's rate and CPU per operation, and its ratio to the baseline round by round."""
+    print(f"\n{title}")
+    print(f"  {'variant':28} {unit + ' median':>16} {'min..max':>19} {'CPU µs/op':>10} {'ratio':>6} {'min..max':>11}")
+    base = runs[baseline]
+    summary: dict[str, Any] = {}
+    for name, samples in runs.items():
+        rate, low, high = spread([s.rate for s in samples])
+        cpu = statistics.median(s.cpu_us for s in samples)
+        ratio, rlow, rhigh = spread([s.rate / b.rate for s, b in zip(samples, base, strict=True)])
+        cpu_ratio = statistics.median(b.cpu_us / s.cpu_us for s, b in zip(samples, base, strict=True) if s.cpu_us)
+        lost = sum(s.lost for s in samples)
+        print(
+            f"  {name:28} {rate:16,.0f} {f'{low:,.0f}..{high:,.0f}':>19} {cpu:10.2f} "
+            f"{ratio:6.2f} {f'{rlow:.2f}..{rhigh:.2f}':>11}" + (f"  lost {lost}" if lost else "")
+        )
+        summary[name] = {"rate": rate, "cpu_us": cpu, "ratio": ratio, "ratio_min": rlow, "ratio_max": rhigh}
+        summary[name]["cpu_ratio"] = cpu_ratio
+        summary[name]["lost"] = lost
+    return summary
+
+
+def save(results: dict[str, Any]) -> None:
+    """Merge these keys into bench/results.json, keeping every key another benchmark wrote."""
+    try:
+        held = json.loads(RESULTS.read_text())
+    except FileNotFoundError:
+        held = {}
+    held.update(results)
+    with tempfile.NamedTemporaryFile("w", dir=RESULTS.parent, delete=False) as f:
+        json.dump(held, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(f.name, RESULTS)
+
+
+def free_port() -> int:
+    """A loopback TCP port no one holds right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def temp_store() -> Iterator[str]:
+    """A store path in a fresh temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="socklab-bench-") as tmp:
+        yield os.path.join(tmp, "records.bin")
+
+
+def flow_records(count: int) -> list[bytes]:
+    """`count` packed records, four a flow (a client's two, the server's two), as client scenarios report them."""
+    from shared.record import Family, Method, Observation, Proto, Role, pack_observation
+
+    records = []
+    for i in range(count):
+        flow, step = f"{i // 4:016x}", i % 4
+        client = ("192.168.50.20", 10000 + (i // 4) % 50000)
+        seen = ("203.0.113.2", client[1]) if (i // 4) % 2 else client
+        server = ("198.51.100.10", 7007)
+        role = Role.CLIENT if step < 2 else Role.SERVER
+        method, local, remote, extra = [
+            (Method.CONNECT, None, server, {}),
+            (Method.GETSOCKNAME, client, None, {"scenario": "udp4"}),
+            (Method.RECVMSG, server, seen, {}),
+            (Method.SENDTO, None, seen, {}),
+        ][step]
+        obs = Observation(
+            service="client-lan" if role == Role.CLIENT else "echo",
+            host="c0ffee" if role == Role.CLIENT else "ec40",
+            flow=flow,
+            role=role,
+            proto=Proto.UDP,
+            family=Family.IPV4,
+            method=method,
+            local=local,
+            remote=remote,
+            time=1.7e9 + i / 1000,
+            extra=extra,
+        )
+        records.append(pack_observation(obs))
+    return records

@@ -1,0 +1,120 @@
+"""Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling.
+
+Both receivers run in a child process and get the same packed records from one PUSH socket in this
+process (blocking sends: nothing is dropped on the way). The collector is the real one (bind, serve,
+Collector.ingest, its Store on a temporary file); the run ends when its ping query counts every record
+stored. What it did not store by then is counted as lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import threading
+import time
+from multiprocessing.synchronize import Event
+
+import msgpack
+import zmq
+
+from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, save, summarize, temp_store
+from services.collector import Collector, Store, bind, serve
+from shared.collector_protocol import query_collector
+
+DEADLINE = 60.0
+COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
+
+
+def run_raw(port: int, count: int, done: mp.Queue, stop: Event) -> None:  # type: ignore[type-arg]
+    """The ceiling: receive and unpack every record, nothing else."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    done.put("ready")
+    got = 0
+    while got < count:
+        msgpack.unpackb(pull.recv())
+        got += 1
+    done.put(got)
+    stop.wait(DEADLINE)
+    pull.close(linger=0)
+    context.term()
+
+
+def run_collector(port: int, query: int, stop: Event) -> None:
+    """The real collector on a temporary store, until told to stop."""
+    with temp_store() as path:
+        collector = Collector(Store(path))
+        context = zmq.Context()
+        flag = threading.Event()
+        threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
+        serve(collector, *bind(context, f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}"), flag)
+        collector.store.close()
+        context.term()
+
+
+def send_all(context: zmq.Context, endpoint: str, records: list[bytes]) -> None:
+    """Push every record, waiting when the queue is full, so none is dropped on the sending side."""
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 100_000)
+    push.connect(endpoint)
+    for raw in records:
+        push.send(raw, copy=False)
+    push.close(linger=-1)
+
+
+def measure_raw(records: list[bytes]) -> Sample:
+    port, stop, done = free_port(), mp.Event(), mp.Queue()
+    child = mp.Process(target=run_raw, args=(port, len(records), done, stop))
+    child.start()
+    done.get(timeout=10)
+    context = zmq.Context()
+    cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
+    sender = threading.Thread(target=send_all, args=(context, f"tcp://127.0.0.1:{port}", records))
+    sender.start()
+    got = done.get(timeout=DEADLINE)
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
+    stop.set()
+    sender.join()
+    child.join(10)
+    context.term()
+    return Sample(got / elapsed, cpu / got * 1e6, len(records) - got)
+
+
+def measure_collector(records: list[bytes]) -> Sample:
+    port, query, stop = free_port(), free_port(), mp.Event()
+    child = mp.Process(target=run_collector, args=(port, query, stop))
+    child.start()
+    context = zmq.Context()
+    ask = f"tcp://127.0.0.1:{query}"
+    query_collector(context, ask, {"op": "ping"}, timeout=10)
+    cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
+    sender = threading.Thread(target=send_all, args=(context, f"tcp://127.0.0.1:{port}", records))
+    sender.start()
+    stored = 0
+    while stored < len(records) and time.perf_counter() - start < DEADLINE:
+        time.sleep(0.01)
+        stored = query_collector(context, ask, {"op": "ping"}, timeout=DEADLINE)["records"]
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
+    stop.set()
+    sender.join()
+    child.join(10)
+    context.term()
+    return Sample(stored / elapsed, cpu / max(stored, 1) * 1e6, len(records) - stored)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records a round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    records = flow_records(args.records)
+    variants = {COLLECTOR: lambda: measure_collector(records), RAW: lambda: measure_raw(records)}
+    runs = interleave(variants, args.rounds)
+    summary = summarize(f"ingest: {args.records:,} records a round", "records/s", runs, RAW)
+    collector = summary[COLLECTOR]
+    save({"ingest_ratio": collector["ratio"], "ingest": {"records": args.records, "rounds": args.rounds, **summary}})
+
+
+if __name__ == "__main__":
+    main()
