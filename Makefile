@@ -107,8 +107,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: venv
-	$(VENV)/bin/python bench/reporter_overhead.py
+bench: venv ## same-run benchmark ratios (ingest, observing, echo vs asyncio, report latency) into bench/results.json; BENCH=one of them
+	$(VENV)/bin/python -m bench $(BENCH)
+	@$(VENV)/bin/python -m bench.figures --check README.md || echo "the README's figures table differs from bench/results.json: python -m bench.figures --write README.md"
 
 clean: down
 	rm -rf $(VENV)

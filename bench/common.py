@@ -13,10 +13,18 @@ import os
 import socket
 import statistics
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
+
+import msgpack
+import zmq
+
+from services.collector import Collector, Store, bind, serve
+from shared.record import SCHEMA_VERSION
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -96,6 +104,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_flag(stop: Event) -> threading.Event:
+    """A thread's Event set when a process's Event is (the services' loops wait on the former)."""
+    flag = threading.Event()
+    threading.Thread(target=lambda: flag.set() if stop.wait() else None, daemon=True).start()
+    return flag
+
+
+def run_collector(ingest: str, query: str, stop: Event) -> None:
+    """The real collector (bind, serve, Collector, Store) on a temporary store, until `stop` is set."""
+    with temp_store() as path:
+        collector = Collector(Store(path))
+        context = zmq.Context()
+        serve(collector, *bind(context, ingest, query), stop_flag(stop))
+        collector.store.close()
+        context.term()
+
+
 @contextlib.contextmanager
 def temp_store() -> Iterator[str]:
     """A store path in a fresh temporary directory, removed afterwards."""
@@ -104,34 +129,34 @@ def temp_store() -> Iterator[str]:
 
 
 def flow_records(count: int) -> list[bytes]:
-    """`count` packed records, four a flow (a client's two, the server's two), as client scenarios report them."""
-    from shared.record import Family, Method, Observation, Proto, Role, pack_observation
-
+    """`count` packed records, four a flow (the client's connect and getsockname, the server's recvmsg and sendto),
+    every other flow through a source NAT, as the client scenarios report them."""
+    server = ["198.51.100.10", 7007]
     records = []
     for i in range(count):
-        flow, step = f"{i // 4:016x}", i % 4
-        client = ("192.168.50.20", 10000 + (i // 4) % 50000)
-        seen = ("203.0.113.2", client[1]) if (i // 4) % 2 else client
-        server = ("198.51.100.10", 7007)
-        role = Role.CLIENT if step < 2 else Role.SERVER
+        n, step = i // 4, i % 4
+        client = ["192.168.50.20", 10000 + n % 50000]
+        seen = ["203.0.113.2", client[1]] if n % 2 else client
         method, local, remote, extra = [
-            (Method.CONNECT, None, server, {}),
-            (Method.GETSOCKNAME, client, None, {"scenario": "udp4"}),
-            (Method.RECVMSG, server, seen, {}),
-            (Method.SENDTO, None, seen, {}),
+            ("connect", None, server, {}),
+            ("getsockname", client, None, {"scenario": "udp4"}),
+            ("recvmsg", server, seen, {}),
+            ("sendto", None, seen, {}),
         ][step]
-        obs = Observation(
-            service="client-lan" if role == Role.CLIENT else "echo",
-            host="c0ffee" if role == Role.CLIENT else "ec40",
-            flow=flow,
-            role=role,
-            proto=Proto.UDP,
-            family=Family.IPV4,
-            method=method,
-            local=local,
-            remote=remote,
-            time=1.7e9 + i / 1000,
-            extra=extra,
-        )
-        records.append(pack_observation(obs))
+        wire = {
+            "v": SCHEMA_VERSION,
+            "time": 1.7e9 + i / 1000,
+            "service": "client-lan" if step < 2 else "echo",
+            "host": "c0ffee" if step < 2 else "ec40",
+            "flow": f"{n:016x}",
+            "role": "client" if step < 2 else "server",
+            "proto": "udp",
+            "family": "ipv4",
+            "method": method,
+            "local": local,
+            "remote": remote,
+            "drops": 0,
+            "extra": extra,
+        }
+        records.append(msgpack.packb(wire, use_bin_type=True))
     return records

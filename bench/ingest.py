@@ -12,20 +12,21 @@ import argparse
 import multiprocessing as mp
 import threading
 import time
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
+from typing import Any
 
 import msgpack
 import zmq
 
-from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, save, summarize, temp_store
-from services.collector import Collector, Store, bind, serve
+from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, run_collector, save, summarize
 from shared.collector_protocol import query_collector
 
 DEADLINE = 60.0
 COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
 
 
-def run_raw(port: int, count: int, done: mp.Queue, stop: Event) -> None:  # type: ignore[type-arg]
+def run_raw(port: int, count: int, done: Queue[Any], stop: Event) -> None:
     """The ceiling: receive and unpack every record, nothing else."""
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
@@ -41,18 +42,6 @@ def run_raw(port: int, count: int, done: mp.Queue, stop: Event) -> None:  # type
     context.term()
 
 
-def run_collector(port: int, query: int, stop: Event) -> None:
-    """The real collector on a temporary store, until told to stop."""
-    with temp_store() as path:
-        collector = Collector(Store(path))
-        context = zmq.Context()
-        flag = threading.Event()
-        threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
-        serve(collector, *bind(context, f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}"), flag)
-        collector.store.close()
-        context.term()
-
-
 def send_all(context: zmq.Context, endpoint: str, records: list[bytes]) -> None:
     """Push every record, waiting when the queue is full, so none is dropped on the sending side."""
     push = context.socket(zmq.PUSH)
@@ -64,7 +53,8 @@ def send_all(context: zmq.Context, endpoint: str, records: list[bytes]) -> None:
 
 
 def measure_raw(records: list[bytes]) -> Sample:
-    port, stop, done = free_port(), mp.Event(), mp.Queue()
+    port, stop = free_port(), mp.Event()
+    done: Queue[Any] = mp.Queue()
     child = mp.Process(target=run_raw, args=(port, len(records), done, stop))
     child.start()
     done.get(timeout=10)
@@ -83,7 +73,7 @@ def measure_raw(records: list[bytes]) -> Sample:
 
 def measure_collector(records: list[bytes]) -> Sample:
     port, query, stop = free_port(), free_port(), mp.Event()
-    child = mp.Process(target=run_collector, args=(port, query, stop))
+    child = mp.Process(target=run_collector, args=(f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}", stop))
     child.start()
     context = zmq.Context()
     ask = f"tcp://127.0.0.1:{query}"

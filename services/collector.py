@@ -52,6 +52,7 @@ from shared.report_model import Flow, LostRange, NatCheck, NatCheckResult, Repor
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # messages read, stored with one fsync and acknowledged at a time
+FREEZE_EVERY = 100_000  # records held between two freezes (Collector.freeze)
 
 
 def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
@@ -104,6 +105,7 @@ class Collector:
         self.rejected = 0
         self.bad_queries = 0
         self.ledger = Ledger()
+        self.unfrozen = 0
         self.replay()
 
     def replay(self) -> None:
@@ -191,9 +193,19 @@ class Collector:
             self.ledger.add(message.reporter, message.seq, item.service)
         self.keep(item, natcheck)
 
+    def freeze(self) -> None:
+        """Collect cyclic garbage once, then freeze what survived (held records, never garbage), so the cyclic
+        collector stops walking a million of them again and again while the collector ingests."""
+        gc.collect()
+        gc.freeze()
+        self.unfrozen = 0
+
     def keep(self, record: Record, natcheck: NatCheck | None) -> None:
         """Index one checked record by its kind, its counts and the NAT check it carries; a host's new topology
         replaces its old."""
+        self.unfrozen += 1
+        if self.unfrozen >= FREEZE_EVERY:
+            self.freeze()
         with self.lock:
             if isinstance(record, Topology):
                 self.topologies.pop(record.host, None)
@@ -223,10 +235,10 @@ class Collector:
 
     def report(self, query: FlowQuery | None = None) -> Report:
         """Everything a reader needs: joined flows (those the query selects), counts, rejects, drops, NAT checks."""
-        flows = self.index.flows()
+        flows = self.index.select(query) if query else self.index.flows()
         with self.lock:
             return Report(
-                flows=tuple(query.select(flows) if query else flows),
+                flows=tuple(flows),
                 methods=dict(self.methods),
                 records=len(self.observations),
                 rejected=self.rejected,

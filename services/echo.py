@@ -125,6 +125,8 @@ class EchoServer:
             limits.accept_backoff,
             self.stats,
         )
+        # socklab's own datagrams: a record per peer name a flow shows, then counts (one by one when the table is full)
+        self.udp_flows = UdpPairs(limits.max_udp_pairs, when_full="reported one by one")
         self.next_sweep = self.next_report = 0.0
         for sock in self.listeners():
             reporter.observe(sock, "bind", None, Role.SERVER, local=sock.getsockname())
@@ -368,9 +370,10 @@ class EchoServer:
                 self.close_stream(conn, "idle timeout")
         if now >= self.next_report:
             self.next_report = now + self.limits.report_interval
-            for pair in self.udp_pairs.changed():
-                self.report_pair(pair)
-            self.udp_pairs.expire(now)
+            for table in (self.udp_pairs, self.udp_flows):
+                for pair in table.changed():
+                    self.report_pair(pair)
+                table.expire(now)
         self.gate.tick(now)
 
     def timeout_for(self, conn: StreamConn) -> float:
@@ -395,15 +398,27 @@ class EchoServer:
             self.answer_oneside_datagram(sock, RAW_ECHO, data, addr, local)
             return
         flow = request.flow
-        self.reporter.observe(sock, "recvmsg", flow, Role.SERVER, local=local, remote=addr)
+        pair, new = self.udp_flows.find(ECHO, addr, local, time.monotonic(), flow)
+        told = pair is None or new  # a peer name this flow has not shown yet (or a full table): report it in full
+        if told:
+            self.reporter.observe(sock, "recvmsg", flow, Role.SERVER, local=local, remote=addr)
         reply = pack_reflection_datagram(Reflection(flow, addr, local, request.data))
         try:
             sock.sendto(reply, addr)
         except OSError as exc:
             log.warning("sendto %s failed: %s", addr, exc)
+            if new:
+                self.udp_flows.forget(addr, local, flow)
             return
-        self.reporter.observe(sock, "sendto", flow, Role.SERVER, remote=addr)
+        if told:
+            self.reporter.observe(sock, "sendto", flow, Role.SERVER, remote=addr)
         self.stats["datagrams"] += 1
+        if pair is not None:
+            pair.datagrams += 1
+            pair.bytes_in += len(data)
+            pair.bytes_out += len(reply)
+            if new:
+                pair.reported = pair.datagrams  # its records said one datagram; later ones are counted
 
     def answer_oneside_datagram(self, sock: socket.socket, scenario: str, data: bytes, addr: Name, local: Name) -> None:
         """Echo a datagram as is (raw) or tell whoami; count it in its (peer, local) pair's flow."""
@@ -428,8 +443,8 @@ class EchoServer:
                 self.report_pair(pair)
 
     def report_pair(self, pair: UdpPair) -> None:
-        """Report a one-sided UDP flow's grown counts (at most once a report interval); any of echo's
-        UDP sockets tags the record alike (udp, ipv6)."""
+        """Report a UDP flow's grown counts (at most once a report interval), one-sided or socklab's own; any of
+        echo's UDP sockets tags the record alike (udp, ipv6)."""
         pair.reported = pair.datagrams
         extra = {"evidence": pair.counts()}
         self.reporter.observe(self.udp, "sendto", pair.seen.flow, Role.SERVER, remote=pair.seen.peer, extra=extra)

@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 from services.flows import join_flows
 from services.paths import Evidence
+from shared.collector_protocol import FlowQuery, searchable_text
 from shared.names import Endpoint, Name, endpoint
 from shared.record import ConntrackEvent, DockerBinding, Observation
 from shared.report_model import Flow
@@ -43,6 +44,7 @@ class FlowIndex:
         self._lock = threading.Lock()
         self._records: dict[str, list[Observation]] = {}
         self._joined: dict[str, Flow] = {}
+        self._texts: dict[str, str] = {}  # searchable_text of flows searched since they last changed
         self._stamps: OrderedDict[str, int] = OrderedDict()
         self._dirty: dict[str, None] = {}  # a set that keeps the order flows were marked in
         self._by_endpoint: dict[Endpoint, set[str]] = {}
@@ -81,6 +83,7 @@ class FlowIndex:
             if self._joined.get(flow_id) == flow:
                 continue
             self._joined[flow_id] = flow
+            self._texts.pop(flow_id, None)
             for point in flow_endpoints(flow):
                 self._by_endpoint.setdefault(point, set()).add(flow_id)
             self.cursor += 1
@@ -93,6 +96,30 @@ class FlowIndex:
         with self._lock:
             self._join_dirty()
             return [self._joined[flow_id] for flow_id in self._records]
+
+    def select(self, query: FlowQuery) -> list[Flow]:
+        """The flows a query selects, in the report's order; with `last`, looked for from the newest back only
+        until enough match, so a page of a million flows costs a page."""
+        with self._lock:
+            self._join_dirty()
+            found: list[Flow] = []
+            if query.last == 0:
+                return found
+            needle = query.search.casefold()
+            for flow_id in reversed(self._records):
+                flow = self._joined[flow_id]
+                text = None
+                if needle:
+                    text = self._texts.get(flow_id)
+                    if text is None:
+                        text = self._texts[flow_id] = searchable_text(flow)
+                    if needle not in text:
+                        continue
+                if query.matches(flow, text):
+                    found.append(flow)
+                    if len(found) == query.last:
+                        break
+            return found[::-1]
 
     def changed_since(self, cursor: int) -> tuple[int, list[Flow]]:
         """The flows changed after `cursor`, oldest change first, and the cursor to ask from next."""

@@ -30,7 +30,7 @@ from typing import Any
 from services.paths import Evidence
 from shared.names import Endpoint, Name, endpoint
 from shared.record import Method, Observation, Role
-from shared.report_model import Answer, Flow, FlowEnd, FlowVerdict, HopKind
+from shared.report_model import ANY_CLIENT, Answer, Flow, FlowEnd, FlowVerdict, HopKind
 
 LOCAL_PRIORITY = {Method.RECVMSG: 3, Method.RECVFROM: 3, Method.GETSOCKNAME: 2, Method.BIND: 1}
 REMOTE_PRIORITY = {
@@ -147,7 +147,7 @@ def join_flows(observations: Iterable[Observation], evidence: Evidence | None = 
         if verdict == FlowVerdict.PROXIED and len({hop.by for hop in path if hop.kind != HopKind.PROXY}) == 2:
             verdict = FlowVerdict.TWO_NATS
         told = evidence_of(server_records)
-        if client is None and told:
+        if client is None and told.get("client") == ANY_CLIENT:
             verdict = FlowVerdict.SERVER_ONLY
         flows.append(
             Flow(

@@ -15,6 +15,7 @@ from typing import Any
 from services.whoami import Seen
 from shared.names import Name, format_name
 from shared.record import new_flow_id
+from shared.report_model import ANY_CLIENT
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ UDP_PAIR_IDLE = 120.0
 
 def first_evidence(seen: Seen) -> dict[str, Any]:
     """What the server saw when the flow began: the client is any program, and both names."""
-    return {"client": "any", "proto": seen.proto, "peer": format_name(seen.peer), "local": format_name(seen.local)}
+    return {"client": ANY_CLIENT, "proto": seen.proto, "peer": format_name(seen.peer), "local": format_name(seen.local)}
 
 
 @dataclass
@@ -46,17 +47,23 @@ class UdpPair:
 
 
 class UdpPairs:
-    """The bounded table of one-sided UDP flows, keyed by (local, peer)."""
+    """A bounded table of UDP flows, keyed by (local, peer, flow id): a one-sided flow has none until echo makes
+    one; socklab's own datagrams name theirs, so each peer name a flow shows is kept and counted."""
 
-    def __init__(self, limit: int = MAX_UDP_PAIRS, idle: float = UDP_PAIR_IDLE) -> None:
+    def __init__(
+        self, limit: int = MAX_UDP_PAIRS, idle: float = UDP_PAIR_IDLE, when_full: str = "not reported"
+    ) -> None:
         self.limit = limit
+        self.when_full = when_full
         self.idle = idle
-        self.pairs: dict[tuple[Name, Name], UdpPair] = {}
+        self.pairs: dict[tuple[Name, Name, str | None], UdpPair] = {}
         self.unreported = 0
 
-    def find(self, scenario: str, peer: Name, local: Name, now: float) -> tuple[UdpPair | None, bool]:
+    def find(
+        self, scenario: str, peer: Name, local: Name, now: float, flow: str | None = None
+    ) -> tuple[UdpPair | None, bool]:
         """The pair for a datagram and whether it is new; None when the table is full (counted)."""
-        key = (local, peer)
+        key = (local, peer, flow)
         pair = self.pairs.get(key)
         if pair is not None:
             pair.last_seen = now
@@ -64,11 +71,15 @@ class UdpPairs:
         if len(self.pairs) >= self.limit:
             self.unreported += 1
             if self.unreported in (1, 10, 100) or self.unreported % 1000 == 0:
-                log.warning("UDP pair table full (%d): %d datagrams not reported", self.limit, self.unreported)
+                log.warning("UDP pair table full (%d): %d datagrams %s", self.limit, self.unreported, self.when_full)
             return None, False
-        pair = UdpPair(Seen(new_flow_id(), "udp", peer, local), scenario, now)
+        pair = UdpPair(Seen(flow or new_flow_id(), "udp", peer, local), scenario, now)
         self.pairs[key] = pair
         return pair, True
+
+    def forget(self, peer: Name, local: Name, flow: str | None = None) -> None:
+        """Drop a pair whose first answer failed, so the next datagram starts it afresh."""
+        self.pairs.pop((local, peer, flow), None)
 
     def changed(self) -> list[UdpPair]:
         """Pairs whose counts moved since they were last reported."""

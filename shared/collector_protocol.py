@@ -89,8 +89,9 @@ class FlowQuery:
     last: int | None = None
     since: int = 0
 
-    def matches(self, flow: Flow) -> bool:
-        """Whether a flow passes every filter: one accepted word per filter, and the search text."""
+    def matches(self, flow: Flow, text: str | None = None) -> bool:
+        """Whether a flow passes every filter: one accepted word per filter, and the search text (`text`: the
+        flow's searchable_text, when the caller keeps it)."""
         ends = [end for end in (flow.client, flow.server) if end is not None]
         return (
             (not self.verdict or str(flow.verdict) in self.verdict)
@@ -98,7 +99,7 @@ class FlowQuery:
             and (not self.proto or str(flow.proto) in self.proto)
             and (not self.family or str(flow.family) in self.family)
             and (not self.scenario or (flow.scenario or "") in self.scenario)
-            and (not self.search or self.search.casefold() in searchable_text(flow))
+            and (not self.search or self.search.casefold() in (searchable_text(flow) if text is None else text))
         )
 
     def select(self, flows: list[Flow]) -> list[Flow]:

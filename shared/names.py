@@ -6,6 +6,7 @@ compare two names that may have been seen through different address families.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
@@ -46,8 +47,10 @@ def name_from_wire(obj: Any) -> Name | None:
     return tuple(obj)
 
 
+@functools.lru_cache(maxsize=4096)
 def unmap_host(host: str) -> str:
-    """Give the IPv4 address inside an IPv4-mapped IPv6 address, else the host unchanged."""
+    """Give the IPv4 address inside an IPv4-mapped IPv6 address, else the host unchanged (cached: a report
+    folds every flow's names, and a stack has few hosts)."""
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -59,6 +62,8 @@ def unmap_host(host: str) -> str:
 
 def endpoint(name: Name) -> Endpoint:
     """Fold a name to (host, port) with IPv4-mapped hosts unmapped, so two views can be compared."""
+    if type(name) is tuple:
+        return (unmap_host(name[0]), int(name[1]))
     if isinstance(name, str | bytes):
         return name
     return (unmap_host(name[0]), int(name[1]))

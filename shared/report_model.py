@@ -32,10 +32,12 @@ class FlowVerdict(StrEnum):
 
 
 EVIDENCE_VALUES = (str, int, float, bool)
+ANY_CLIENT = "any"  # evidence["client"] of a flow whose client is not socklab's: the flow is server-only
 
 
 def check_evidence(obj: Any, what: str) -> dict[str, Any]:
-    """A flat map of what a server saw of a client that is not socklab's: names to words or finite numbers."""
+    """A flat map of what a server saw beyond names (a client that is not socklab's, datagram counts): names to words
+    or finite numbers."""
     evidence = require_map(obj, what)
     for key, value in evidence.items():
         if not isinstance(key, str) or not (value is None or isinstance(value, EVIDENCE_VALUES)):

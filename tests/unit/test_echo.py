@@ -227,3 +227,27 @@ def test_a_connection_without_hello_reports_nothing(
     unix = ("unix", echo_server.unix.getsockname())
     assert bound == sorted([("tcp", echo), ("udp", echo), unix, ("tcp", whoami), ("udp", whoami), ("tcp", http)])
     assert all(o.flow is None for o in binds)
+
+
+def test_a_flows_datagrams_are_reported_once_per_peer_name_then_counted(
+    echo_server: EchoServer, live_collector: LiveCollector
+) -> None:
+    flow, request = "many", msgpack.packb({"flow": "many", "data": b"x" * 64}, use_bin_type=True)
+    peers = []
+    for sends in (50, 3):  # two sockets: the same flow seen from two peer names (as after a NAT rebinding)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", echo_server.port))
+            for _ in range(sends):
+                sock.send(request)
+                sock.recv(65535)
+            peers.append(("::ffff:127.0.0.1", sock.getsockname()[1], 0, 0))
+    counted = live_collector.wait_for_records(
+        lambda o: o.flow == flow and "evidence" in o.extra, count=2, what="both peers' counts"
+    )
+    assert {o.remote: o.extra["evidence"]["datagrams"] for o in counted} == {peers[0]: 50, peers[1]: 3}
+    records = live_collector.records(flow)
+    told = [(o.method, o.remote) for o in records if "evidence" not in o.extra]
+    assert sorted(told) == sorted((m, p) for p in peers for m in (Method.RECVMSG, Method.SENDTO)), (
+        "each peer name in full once, not a record per datagram"
+    )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.flow_index import FlowIndex
 from services.flows import join_flows
 from services.paths import Evidence
-from tests.unit.test_paths import binding, event, tcp_flow
+from shared.collector_protocol import FlowQuery
+from shared.record import Role
+from tests.unit.test_paths import binding, event, observed, tcp_flow
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +39,18 @@ def test_a_binding_rejoins_every_flow_and_flows_keep_first_seen_order() -> None:
     index.add_evidence(binding())
     assert [f.flow for f in index.flows()] == ["f"]
     assert index.flows() == join_flows(tcp_flow(), Evidence([], [binding()]))
+
+
+def test_a_query_selects_the_newest_matching_flows_in_report_order_and_searches_what_changed() -> None:
+    index = FlowIndex()
+    for n in range(10):
+        for obs in tcp_flow():
+            index.add(replace(obs, flow=f"f{n}", service="echo" if n % 2 else "other"))
+    newest = index.select(FlowQuery(service=("echo",), last=3))
+    assert [f.flow for f in newest] == ["f5", "f7", "f9"]
+    assert [f.flow for f in index.select(FlowQuery(last=2))] == ["f8", "f9"]
+    assert index.select(FlowQuery(last=0)) == []
+    assert [f.flow for f in index.select(FlowQuery(search="F3"))] == ["f3"]
+    assert [f.flow for f in index.flows()] == [f"f{n}" for n in range(10)]
+    index.add(replace(observed(Role.SERVER, "getpeername", remote=("192.0.2.99", 4242)), flow="f3"))
+    assert [f.flow for f in index.select(FlowQuery(search="192.0.2.99"))] == ["f3"], "a changed flow is searched anew"
