@@ -73,23 +73,33 @@ class FlowIndex:
             for point in event_endpoints(record):
                 self._dirty.update(dict.fromkeys(self._by_endpoint.get(point, ())))
 
-    def _join_dirty(self) -> None:
-        if not self._dirty:
-            return
+    def _join(self, flow_id: str) -> Flow:
+        """Join one flow against the evidence held; one that came out different gets a new cursor."""
         if self._evidence is None:
             self._evidence = Evidence(self._events, self._bindings)
+        (flow,) = join_flows(self._records[flow_id], self._evidence)
+        if self._joined.get(flow_id) == flow:
+            return flow
+        self._joined[flow_id] = flow
+        self._texts.pop(flow_id, None)
+        for point in flow_endpoints(flow):
+            self._by_endpoint.setdefault(point, set()).add(flow_id)
+        self.cursor += 1
+        self._stamps[flow_id] = self.cursor
+        self._stamps.move_to_end(flow_id)
+        return flow
+
+    def _join_dirty(self) -> None:
         for flow_id in self._dirty:
-            (flow,) = join_flows(self._records[flow_id], self._evidence)
-            if self._joined.get(flow_id) == flow:
-                continue
-            self._joined[flow_id] = flow
-            self._texts.pop(flow_id, None)
-            for point in flow_endpoints(flow):
-                self._by_endpoint.setdefault(point, set()).add(flow_id)
-            self.cursor += 1
-            self._stamps[flow_id] = self.cursor
-            self._stamps.move_to_end(flow_id)
+            self._join(flow_id)
         self._dirty.clear()
+
+    def _current(self, flow_id: str) -> Flow:
+        """One flow as its records and the evidence say now, joined only if it was marked."""
+        if flow_id in self._dirty:
+            del self._dirty[flow_id]
+            return self._join(flow_id)
+        return self._joined[flow_id]
 
     def flows(self) -> list[Flow]:
         """Every flow, in the order its first record arrived (the report's order)."""
@@ -98,16 +108,15 @@ class FlowIndex:
             return [self._joined[flow_id] for flow_id in self._records]
 
     def select(self, query: FlowQuery) -> list[Flow]:
-        """The flows a query selects, in the report's order; with `last`, looked for from the newest back only
-        until enough match, so a page of a million flows costs a page."""
+        """The flows a query selects, in the report's order; with `last`, looked for (and joined) from the newest
+        back only until enough match, so a page of a million flows costs a page, even just after a replay."""
         with self._lock:
-            self._join_dirty()
             found: list[Flow] = []
             if query.last == 0:
                 return found
             needle = query.search.casefold()
             for flow_id in reversed(self._records):
-                flow = self._joined[flow_id]
+                flow = self._current(flow_id)  # a page joins only the flows it looks at
                 text = None
                 if needle:
                     text = self._texts.get(flow_id)
