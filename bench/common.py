@@ -23,7 +23,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from services.collector import Collector, Store, bind, serve
+from services.collector import Collector, bind, serve
+from services.store import Store
 from shared.record import SCHEMA_VERSION
 
 RESULTS = Path(__file__).with_name("results.json")

@@ -153,7 +153,7 @@ def udp_round_trips(port: int, seconds: float, flows: bool) -> int:
 
 def measure(server: str, drive: Callable[[int], int], reporting: bool = True) -> Sample:
     """Start a server (echo with reporting on or off, or asyncio), drive it, and count its CPU time."""
-    stop = mp.Event()
+    stop, halt = mp.Event(), mp.Event()  # echo stops first, so its last records can still be acknowledged
     ready: Queue[Any] = mp.Queue()
     helpers = []
     if server == "echo":
@@ -161,7 +161,7 @@ def measure(server: str, drive: Callable[[int], int], reporting: bool = True) ->
         if reporting:
             port = free_port()
             helpers.append(
-                mp.Process(target=run_collector, args=(f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:*", stop))
+                mp.Process(target=run_collector, args=(f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:*", halt))
             )
             collector = f"tcp://127.0.0.1:{port}"
         child = mp.Process(target=run_echo, args=(collector, ready, stop))
@@ -175,7 +175,9 @@ def measure(server: str, drive: Callable[[int], int], reporting: bool = True) ->
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
     ready.get(timeout=10)
-    for process in [child, *helpers]:
+    child.join(10)
+    halt.set()
+    for process in helpers:
         process.join(10)
     return Sample(trips / elapsed, cpu / trips * 1e6)
 

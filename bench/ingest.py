@@ -1,9 +1,10 @@
 """Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling.
 
-Both receivers run in a child process and get the same packed records from one PUSH socket in this
-process (blocking sends: nothing is dropped on the way). The collector is the real one (bind, serve,
-Collector.ingest, its Store on a temporary file); the run ends when its ping query counts every record
-stored. What it did not store by then is counted as lost.
+Both receivers run in a child process and get the same packed records from this process, sent
+blocking so nothing is dropped on the way: the ceiling from a PUSH socket, the collector as a
+reporter speaks to it (numbered RECORD messages from a DEALER, shared.delivery). The collector is the
+real one (bind, serve: batches checked, stored with one fsync, indexed, acknowledged); the run ends
+when its ping query counts every record stored. What it did not store by then is counted as lost.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import multiprocessing as mp
 import threading
 import time
+import uuid
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -21,6 +23,7 @@ import zmq
 
 from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, run_collector, save, summarize
 from shared.collector_protocol import query_collector
+from shared.delivery import MessageKind, pack_message
 
 DEADLINE = 60.0
 COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
@@ -42,14 +45,20 @@ def run_raw(port: int, count: int, done: Queue[Any], stop: Event) -> None:
     context.term()
 
 
-def send_all(context: zmq.Context, endpoint: str, records: list[bytes]) -> None:
-    """Push every record, waiting when the queue is full, so none is dropped on the sending side."""
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 100_000)
-    push.connect(endpoint)
-    for raw in records:
-        push.send(raw, copy=False)
-    push.close(linger=-1)
+def connect(context: zmq.Context, endpoint: str, kind: int) -> zmq.Socket:
+    """The sending socket, with room for a whole round's messages."""
+    sender = context.socket(kind)
+    sender.setsockopt(zmq.SNDHWM, 1_000_000)
+    sender.connect(endpoint)
+    return sender
+
+
+def send_all(sender: zmq.Socket, messages: list[bytes]) -> None:
+    """Send every message, waiting when the queue is full, so none is dropped on the sending side; the socket
+    stays open until the receiver has them all (closing a TCP connection with unread acks resets it, losing
+    what it had not yet delivered)."""
+    for raw in messages:
+        sender.send(raw, copy=False)
 
 
 def measure_raw(records: list[bytes]) -> Sample:
@@ -60,15 +69,23 @@ def measure_raw(records: list[bytes]) -> Sample:
     done.get(timeout=10)
     context = zmq.Context()
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
-    sender = threading.Thread(target=send_all, args=(context, f"tcp://127.0.0.1:{port}", records))
+    push = connect(context, f"tcp://127.0.0.1:{port}", zmq.PUSH)
+    sender = threading.Thread(target=send_all, args=(push, records))
     sender.start()
     got = done.get(timeout=DEADLINE)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
     sender.join()
+    push.close(linger=0)
     child.join(10)
     context.term()
     return Sample(got / elapsed, cpu / got * 1e6, len(records) - got)
+
+
+def numbered(records: list[bytes]) -> list[bytes]:
+    """The records as one reporter's numbered RECORD messages."""
+    reporter = uuid.uuid4().bytes
+    return [pack_message(MessageKind.RECORD, reporter, seq, raw) for seq, raw in enumerate(records, 1)]
 
 
 def measure_collector(records: list[bytes]) -> Sample:
@@ -78,8 +95,10 @@ def measure_collector(records: list[bytes]) -> Sample:
     context = zmq.Context()
     ask = f"tcp://127.0.0.1:{query}"
     query_collector(context, ask, {"op": "ping"}, timeout=10)
+    messages = numbered(records)
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
-    sender = threading.Thread(target=send_all, args=(context, f"tcp://127.0.0.1:{port}", records))
+    dealer = connect(context, f"tcp://127.0.0.1:{port}", zmq.DEALER)
+    sender = threading.Thread(target=send_all, args=(dealer, messages))
     sender.start()
     stored = 0
     while stored < len(records) and time.perf_counter() - start < DEADLINE:
@@ -88,6 +107,7 @@ def measure_collector(records: list[bytes]) -> Sample:
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
     sender.join()
+    dealer.close(linger=0)
     child.join(10)
     context.term()
     return Sample(stored / elapsed, cpu / max(stored, 1) * 1e6, len(records) - stored)

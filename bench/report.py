@@ -15,13 +15,16 @@ import gc
 import multiprocessing as mp
 import statistics
 import time
+import uuid
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
 from bench.common import flow_records, save, temp_store
-from services.collector import Collector, Store
+from services.collector import Collector
+from services.store import Entry, Store
 from shared.collector_protocol import pack_query, pack_reply
+from shared.delivery import MessageKind
 
 QUERIES: dict[str, dict[str, Any]] = {
     "page": {"op": "report", "last": 100},
@@ -29,6 +32,7 @@ QUERIES: dict[str, dict[str, Any]] = {
     "search": {"op": "report", "search": "", "last": 100},  # the search text is a flow id, set per size
 }
 REPEATS = 5
+WRITE_BATCH = 10_000  # records a reporter's numbered batch holds when the store is written
 
 
 def resident_bytes() -> int:
@@ -54,10 +58,13 @@ def timed_ms(collector: Collector, query: dict[str, Any]) -> float:
 def measure(count: int, out: Queue[Any]) -> None:
     """Write a store of `count` records, replay it, and time the queries."""
     with temp_store() as path:
-        store = Store(path)
-        for raw in flow_records(count):
-            store.append(raw)
+        store, reporter, records = Store(path), uuid.uuid4().bytes, flow_records(count)
+        for first_seq in range(0, count, WRITE_BATCH):
+            batch = records[first_seq : first_seq + WRITE_BATCH]
+            entries = (Entry(MessageKind.RECORD, reporter, first_seq + i + 1, raw) for i, raw in enumerate(batch))
+            store.append_batch(entries)
         store.close()
+        del records, batch
         gc.collect()
         before = resident_bytes()
         start = time.perf_counter()

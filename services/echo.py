@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 256 * 1024
 ECHO = "echo"  # what a listener serves: echo (7007, Unix), WHOAMI (7008) or WHOAMI_HTTP (7080)
 SWEEP_INTERVAL = 0.25
+DATAGRAMS_PER_WAKEUP = 16  # read while waiting, before the loop looks at other sockets again
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class EchoServer:
         self.stats: Counter[str] = Counter()
         self.selector = selectors.DefaultSelector()
         self.kinds: dict[socket.socket, str] = {}
+        self.datagram_ports: dict[socket.socket, int] = {}  # asked once: not a getsockname per datagram
+        self.ancillary = pktinfo_space()
         self.tcp = self.bind(socket.SOCK_STREAM, port, ECHO)
         self.port = self.tcp.getsockname()[1]
         self.udp = self.bind(socket.SOCK_DGRAM, self.port, ECHO)
@@ -136,6 +139,7 @@ class EchoServer:
         sock = create_dual_stack_socket(kind, port)
         if kind == socket.SOCK_DGRAM:
             enable_pktinfo(sock)
+            self.datagram_ports[sock] = sock.getsockname()[1]
         self.kinds[sock] = serves
         return sock
 
@@ -165,8 +169,10 @@ class EchoServer:
                 assert isinstance(sock, socket.socket)
                 if isinstance(key.data, StreamConn):
                     self.handle_stream(key.data, events)
-                elif sock.type == socket.SOCK_DGRAM:
-                    self.handle_datagram(sock, key.data)
+                elif sock in self.datagram_ports:
+                    for _ in range(DATAGRAMS_PER_WAKEUP):
+                        if not self.handle_datagram(sock, key.data):
+                            break
                 else:
                     self.accept_stream(sock, key.data)
             now = time.monotonic()
@@ -380,23 +386,26 @@ class EchoServer:
         """How long a stream may sit idle: an answered or whoami client briefly, an echo stream long."""
         return self.limits.idle_timeout if conn.kind == ECHO and not conn.shut else self.limits.http_timeout
 
-    def handle_datagram(self, sock: socket.socket, kind: str) -> None:
-        """Answer one datagram: echo's own with the names, any other echoed as is or told whoami."""
+    def handle_datagram(self, sock: socket.socket, kind: str) -> bool:
+        """Answer one datagram: echo's own with the names, any other echoed as is or told whoami; False when
+        none was waiting."""
         try:
-            data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, pktinfo_space())
+            data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, self.ancillary)
+        except BlockingIOError:
+            return False
         except OSError as exc:
             log.warning("recvmsg failed: %s", exc)
-            return
+            return False
         arrived = arrival_address(ancdata)
-        local = (arrived, sock.getsockname()[1], 0, 0) if arrived else sock.getsockname()
+        local = (arrived, self.datagram_ports[sock], 0, 0) if arrived else sock.getsockname()
         if kind == WHOAMI:
             self.answer_oneside_datagram(sock, WHOAMI, data, addr, local)
-            return
+            return True
         try:
             request = unpack_datagram(data)
         except ValueError:
             self.answer_oneside_datagram(sock, RAW_ECHO, data, addr, local)
-            return
+            return True
         flow = request.flow
         pair, new = self.udp_flows.find(ECHO, addr, local, time.monotonic(), flow)
         told = pair is None or new  # a peer name this flow has not shown yet (or a full table): report it in full
@@ -409,7 +418,7 @@ class EchoServer:
             log.warning("sendto %s failed: %s", addr, exc)
             if new:
                 self.udp_flows.forget(addr, local, flow)
-            return
+            return True
         if told:
             self.reporter.observe(sock, "sendto", flow, Role.SERVER, remote=addr)
         self.stats["datagrams"] += 1
@@ -419,6 +428,7 @@ class EchoServer:
             pair.bytes_out += len(reply)
             if new:
                 pair.reported = pair.datagrams  # its records said one datagram; later ones are counted
+        return True
 
     def answer_oneside_datagram(self, sock: socket.socket, scenario: str, data: bytes, addr: Name, local: Name) -> None:
         """Echo a datagram as is (raw) or tell whoami; count it in its (peer, local) pair's flow."""
