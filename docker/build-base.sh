@@ -8,9 +8,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 base=${BASE_IMAGE:-socklab/base:bookworm}
 suite=${DEBIAN_SUITE:-bookworm}
 
+# A root directory of mode 0755: under the vfs storage driver (Docker-in-Docker swarm nodes, some hosts) the
+# image's root keeps the tarball's "./" mode, and debootstrap's 0700 lets no non-root user exec anything.
+root_label=socklab.base.root-mode
 if docker image inspect "$base" >/dev/null 2>&1; then
-  echo "base image $base present"
-  exit 0
+  comment=$(docker image inspect --format '{{.Comment}}' "$base")
+  mode=$(docker image inspect --format "{{index .Config.Labels \"$root_label\"}}" "$base" 2>/dev/null || true)
+  if [[ $comment != Imported* || $mode == 0755 ]]; then
+    echo "base image $base present"
+    exit 0
+  fi
+  echo "base image $base was imported with a 0700 root directory: building it again"
 fi
 if docker image inspect debian:bookworm-slim >/dev/null 2>&1 || docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
   docker tag debian:bookworm-slim "$base"
@@ -32,5 +40,7 @@ run_root debootstrap --variant=minbase --include="$packages" "$suite" "$root" >/
   || { tail -20 /tmp/socklab-debootstrap.log >&2; exit 1; }
 run_root chroot "$root" apt-get clean
 run_root rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
-run_root tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - "$base" >/dev/null
+run_root chmod 0755 "$root"  # the tarball's "./": mktemp made it 0700
+run_root tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \
+  -c "LABEL $root_label=0755" - "$base" >/dev/null
 echo "base image $base built in $(( $(date +%s) - start )) s"

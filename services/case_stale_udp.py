@@ -26,7 +26,7 @@ import zmq
 
 from services.case_views import CaseFlow
 from shared.conntrack import ConntrackEntry
-from shared.docker_host import describe_entry, host_conntrack
+from shared.docker_host import describe_entry, engine_name, host_conntrack
 from shared.echo_protocol import MAX_DATAGRAM, Datagram, pack_datagram, unpack_reflection_datagram
 from shared.names import Name, name_to_wire, route_source, unmap_host
 from shared.polling import wait_for
@@ -151,7 +151,7 @@ def run_stale_udp(stack: Stack) -> list[CaseFlow]:
     echo = stack.container("echo")
     echo_ip = unmap_host(stack.ip("echo", "wan"))
     context = zmq.Context()
-    reporter = Reporter(context, stack.ingest_endpoint(), "host")
+    reporter = Reporter(context, stack.ingest_endpoint(), "host", node=engine_name(stack.docker))
     sender, fresh = UdpSender(reporter, published), UdpSender(reporter, published)
     try:
         rows = [step(stack, sender, "before echo restarts", echo_ip)]

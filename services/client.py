@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print each flow as a JSON line")
     args = parser.parse_args(argv)
     context = zmq.Context()
-    reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)
     reporter.report_topology()
     failures = 0
     try:

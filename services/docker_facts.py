@@ -27,7 +27,7 @@ from docker.errors import DockerException
 
 import docker
 from shared.config import load_config
-from shared.docker_host import DockerProxy, list_docker_proxies
+from shared.docker_host import DockerProxy, engine_name, list_docker_proxies
 from shared.names import format_name
 from shared.record import DockerBinding, Mechanism, Proto
 from shared.reporter import Reporter
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     service = cfg.service
     bindings = [b for c in containers for b in bindings_of(c.attrs, proxies, service, socket.gethostname())]
     context = zmq.Context()
-    reporter = Reporter(context, endpoint, service)
+    reporter = Reporter(context, endpoint, service, node=cfg.node or engine_name(client))
     try:
         for binding in bindings:
             reporter.report(binding)

@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unix", default=cfg.unix_path, help="Unix socket path ('' for none)")
     args = parser.parse_args(argv)
     context = zmq.Context()
-    reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)
     reporter.report_topology()
     server = EchoServer(reporter, args.port, args.unix or None, whoami_port=args.whoami_port, http_port=args.http_port)
     ports = {"tcp": server.port, "udp": server.port, "unix": args.unix}

@@ -75,6 +75,7 @@ def pick_end(records: list[Observation]) -> FlowEnd:
     return FlowEnd(
         service=first.service,
         host=first.host,
+        node=first.node,
         family=first.family,
         sockname=local[1] if local else None,
         peername=remote[1] if remote else None,

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     context = zmq.Context()
-    reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)
     try:
         lifetime = (args.lifetime_max, args.resolution) if args.lifetime else None
         result = run_natcheck(reporter, resolve_ipv4(server), args.timeout, args.attempts, lifetime)

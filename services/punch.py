@@ -404,7 +404,7 @@ def joined_flow(context: zmq.Context, endpoint: str, flow: str, timeout: float) 
 
 def serve(cfg: Config, context: zmq.Context, proto: str, stop: threading.Event, parked: ParkedStreams) -> None:
     """Answer every peer that asks for this client, one punch at a time, asking the registry again and again."""
-    reporter = Reporter(context, cfg.collector, cfg.service)  # a ZeroMQ socket is one thread's
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)  # a ZeroMQ socket is one thread's
     while not stop.is_set():
         try:
             outcome = punch_once(cfg, reporter, "", proto, SERVE_WAIT, PUNCH_TIMEOUT, parked)
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     # A packet sent before our router's rules are in gets a conntrack entry without NAT, which its retries keep.
     wait_ready(args.after, timeout=60)
     context = zmq.Context()
-    reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)
     try:
         if args.serve:
             stop, parked = threading.Event(), ParkedStreams(args.after)

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lookup", metavar="NAME", help="print NAME's registrations at SOCKLAB_REGISTRY")
     args = parser.parse_args(argv)
     context = zmq.Context()
-    reporter = Reporter(context, cfg.collector, cfg.service)
+    reporter = Reporter(context, cfg.collector, cfg.service, node=cfg.node)
     reporter.report_topology()
     if args.lookup:
         try:

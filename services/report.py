@@ -20,7 +20,7 @@ from shared.collector_protocol import FlowQuery, query_collector
 from shared.config import load_config
 from shared.names import dumps_json, format_name, printable
 from shared.record import Family, Proto
-from shared.report_model import Flow, FlowVerdict, NatCheck, Report
+from shared.report_model import Flow, FlowEnd, FlowVerdict, NatCheck, Report
 
 
 def describe_verdict(flow: Flow) -> str:
@@ -46,7 +46,7 @@ NARROW_HEADER = ("scenario", "client -> server", "source, client's view", "sourc
 WIDE_HEADER = (
     "flow",
     "scenario",
-    "client -> server",
+    "client@node -> server@node",
     "client sees: me -> peer",
     "server sees: peer -> me",
     "verdict",
@@ -55,7 +55,7 @@ WIDE_HEADER = (
 # Widths for --follow, which prints rows before it has seen them all: the stack's longest cells.
 NARROW_WIDTHS = (17, 22, 24, 27)
 TABLE_COLUMNS = 120
-WIDE_WIDTHS = (16, 17, 22, 52, 60, 21)
+WIDE_WIDTHS = (16, 17, 32, 52, 60, 21)
 
 
 def narrow_cells(flow: Flow) -> tuple[str, ...]:
@@ -66,10 +66,19 @@ def narrow_cells(flow: Flow) -> tuple[str, ...]:
     return printable_cells((scenario, speakers, client, server, describe_verdict(flow)))
 
 
+def speaker(end: FlowEnd | None) -> str:
+    """Who spoke, and on which Docker node where the record said: echo@node2."""
+    if end is None:
+        return "?"
+    return f"{end.service}@{end.node}" if end.node else end.service
+
+
 def wide_cells(flow: Flow) -> tuple[str, ...]:
-    """A row with the flow id, both ends' full views, and who rewrote what on the way (the flow's path)."""
+    """A row with the flow id, who spoke from which node, both ends' full views, and who rewrote what on the way."""
     path = ", ".join(f"{hop.by} {hop.kind}" for hop in flow.path) or "-"
-    return printable_cells((flow.flow, *flow_cells(flow), describe_verdict(flow), path))
+    scenario, _, client, server = flow_cells(flow)
+    speakers = f"{speaker(flow.client)} -> {speaker(flow.server)}"
+    return printable_cells((flow.flow, scenario, speakers, client, server, describe_verdict(flow), path))
 
 
 def printable_cells(cells: tuple[str, ...]) -> tuple[str, ...]:

@@ -219,10 +219,10 @@ def collector_source(endpoint: str) -> str | None:
             time.sleep(0.1)
 
 
-def stream_conntrack(endpoint: str, service: str) -> None:
+def stream_conntrack(endpoint: str, service: str, node: str) -> None:
     """Stream conntrack events to the collector from a thread of its own, through its own Reporter."""
     context = zmq.Context()
-    reporter = Reporter(context, endpoint, service)
+    reporter = Reporter(context, endpoint, service, node=node)
     reporter.report_topology()  # before the thread takes the socket over
     threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / service)), daemon=True).start()
 
@@ -249,5 +249,5 @@ def main(argv: list[str] | None = None) -> None:
     apply(nat, first_time=not args.apply, service=cfg.service)
     log.info("router: %s mapping, %s filtering, hairpin %s", nat.mode, nat.filtering, "on" if nat.hairpin else "off")
     if not args.apply:
-        stream_conntrack(cfg.collector, cfg.service)
+        stream_conntrack(cfg.collector, cfg.service, cfg.node)
         threading.Event().wait()

@@ -150,6 +150,13 @@ class Setting:
 
 SETTINGS = (
     Setting("SOCKLAB_SERVICE", "service", "", "service name in every record", parse_text, "the subcommand"),
+    Setting(
+        "SOCKLAB_NODE",
+        "node",
+        "",
+        "the Docker engine's name in every record (docker/compose sets it from `docker info`; swarm: the node's)",
+        str,
+    ),
     Setting("SOCKLAB_COLLECTOR", "collector", "tcp://collector:5555", "collector's PULL endpoint", parse_text),
     Setting("SOCKLAB_QUERY", "query", "tcp://collector:5556", "collector's REP endpoint", parse_text),
     Setting(
@@ -244,6 +251,7 @@ class Config:
     """Everything any service or command reads from its environment, already parsed."""
 
     service: str
+    node: str
     collector: str
     query: str
     registries: tuple[Address, ...]

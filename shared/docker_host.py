@@ -10,6 +10,8 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker.client import DockerClient
+
 from shared.conntrack import ConntrackEntry, parse_conntrack
 
 HOST_CONNTRACK = Path("/proc/net/nf_conntrack")
@@ -61,3 +63,8 @@ def describe_entry(entry: ConntrackEntry) -> str:
     original = f"src={entry.src} dst={entry.dst} sport={entry.sport} dport={entry.dport}"
     reply = f"src={entry.reply_src} dst={entry.reply_dst} sport={entry.reply_sport} dport={entry.reply_dport}"
     return f"{entry.proto} {original} {reply}"
+
+
+def engine_name(client: DockerClient) -> str:
+    """The Docker engine's own name (`docker info`'s Name): what records call the node a container ran on."""
+    return str(client.info()["Name"])

@@ -8,6 +8,7 @@ On the wire a record is a msgpack map (schema version 1):
 | time    | float           | Unix time the call returned                                    |
 | service | str             | the reporting service (echo, registry, client-lan, ...)        |
 | host    | str             | the container's host name                                      |
+| node    | str             | the Docker engine's name (a swarm node's host name); "" unknown |
 | flow    | str or nil      | flow id shared by both ends; nil for a listener's own bind     |
 | role    | str             | client or server                                               |
 | proto   | str             | tcp, udp or unix                                               |
@@ -31,7 +32,8 @@ Other kinds of record carry a "kind" key (a socket observation has none, so its 
                     `ip -j addr` and `ip -j route`): container (bool, /.dockerenv), interfaces
                     [{name, addresses: ["address/prefix"]}] (global addresses), routes [{destination
                     (a prefix; default is 0.0.0.0/0 or ::/0), gateway (nil on-link), device}].
-Each has v, time, service, host and drops like an observation, and its own checked fields.
+Each has v, time, service, host, node and drops like an observation, and its own checked fields.
+"node" may be missing on the wire (records written before it existed): it reads as "".
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class Observation:
     time: float = field(default_factory=time.time)
     drops: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    node: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The record as a msgpack map: what the store keeps and the "records" query answers."""
@@ -145,6 +148,7 @@ class Observation:
             "time": self.time,
             "service": self.service,
             "host": self.host,
+            "node": self.node,
             "flow": self.flow,
             "role": str(self.role),
             "proto": str(self.proto),
@@ -161,7 +165,7 @@ class Observation:
         """Check and read a record's map in one pass; anything malformed raises ValueError saying what is wrong."""
         get = obj.get
         moment, drops, extra = get("time"), get("drops"), get("extra")
-        service, host, flow = get("service"), get("host"), get("flow")
+        service, host, flow, node = get("service"), get("host"), get("flow"), get("node")
         try:
             words = ROLES[get("role")], PROTOS[get("proto")], FAMILIES[get("family")], METHODS[get("method")]
             local, remote = fast_name(get("local")), fast_name(get("remote"))
@@ -173,6 +177,7 @@ class Observation:
             and type(service) is str
             and type(host) is str
             and (flow is None or type(flow) is str)
+            and (node is None or type(node) is str)
             and type(drops) is int
             and type(extra) is dict
             and (type(moment) is float or type(moment) is int)
@@ -181,12 +186,14 @@ class Observation:
             return cls.checked(obj)
         if extra:
             plain(extra, "record 'extra'")  # the one check left: what checked() would say of it
-        return cls(intern(service), intern(host), flow, *words, local, remote, float(moment), drops, extra)
+        node = intern(node) if node else ""
+        return cls(intern(service), intern(host), flow, *words, local, remote, float(moment), drops, extra, node)
 
     @classmethod
     def checked(cls, obj: dict[str, Any]) -> Observation:
         """Read a record field by field, raising the ValueError that says which field is wrong."""
-        moment, service, host, drops = header(obj, "record")
+        what = "record"
+        moment, service, host, drops = header(obj, what)
         return cls(
             service=service,
             host=host,
@@ -199,6 +206,7 @@ class Observation:
             remote=name_from_wire(obj.get("remote")),
             time=moment,
             drops=drops,
+            node=read_node(obj, what),
             extra=plain_map(obj, "extra", "record"),
         )
 
@@ -279,13 +287,18 @@ def address(obj: dict[str, Any], key: str, what: str) -> str:
 
 
 def header(obj: dict[str, Any], what: str) -> tuple[float, str, str, int]:
-    """The fields every record kind shares: version, time, service, host, drops."""
+    """The fields every record kind shares: version, time, service, host, drops (node: read_node)."""
     version = typed(obj, "v", int, what)
     if version != SCHEMA_VERSION:
         raise ValueError(f"{what} schema version {version} is not {SCHEMA_VERSION}")
     moment = finite(float(typed(obj, "time", (int, float), what)), f"{what} 'time'")
     drops = typed(obj, "drops", int, what)
     return moment, typed(obj, "service", str, what), typed(obj, "host", str, what), drops
+
+
+def read_node(obj: dict[str, Any], what: str) -> str:
+    """The Docker engine a record came from: a string, or "" where the record does not say."""
+    return optional(obj, "node", str, what) or ""
 
 
 @dataclass(frozen=True)
@@ -303,6 +316,7 @@ class ConntrackEvent:
     setup: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
     drops: int = 0
+    node: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The event as a record: what the store keeps."""
@@ -312,6 +326,7 @@ class ConntrackEvent:
             "time": self.time,
             "service": self.service,
             "host": self.host,
+            "node": self.node,
             "drops": self.drops,
             "event": str(self.event),
             "id": self.id,
@@ -345,6 +360,7 @@ class ConntrackEvent:
             setup=plain_map(obj, "setup", what),
             time=moment,
             drops=drops,
+            node=read_node(obj, what),
         )
 
 
@@ -374,6 +390,7 @@ class DockerBinding:
     proxy_command: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)
     drops: int = 0
+    node: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The binding as a record: what the store keeps."""
@@ -383,6 +400,7 @@ class DockerBinding:
             "time": self.time,
             "service": self.service,
             "host": self.host,
+            "node": self.node,
             "drops": self.drops,
             "proto": str(self.proto),
             "host_ip": self.host_ip,
@@ -427,6 +445,7 @@ class DockerBinding:
             proxy_command=tuple(command),
             time=moment,
             drops=drops,
+            node=read_node(obj, what),
         )
 
 
@@ -494,6 +513,7 @@ class Topology:
     routes: tuple[Route, ...]
     time: float = field(default_factory=time.time)
     drops: int = 0
+    node: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The topology record's map."""
@@ -503,6 +523,7 @@ class Topology:
             "time": self.time,
             "service": self.service,
             "host": self.host,
+            "node": self.node,
             "drops": self.drops,
             "container": self.container,
             "interfaces": [interface.to_wire() for interface in self.interfaces],
@@ -522,6 +543,7 @@ class Topology:
             routes=tuple(Route.from_wire(r) for r in typed(obj, "routes", list, "topology record")),
             time=moment,
             drops=drops,
+            node=read_node(obj, what),
         )
 
 

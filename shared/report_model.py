@@ -56,6 +56,7 @@ class FlowEnd:
     family: Family
     sockname: Name | None
     peername: Name | None
+    node: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The end as the report carries it."""
@@ -65,6 +66,7 @@ class FlowEnd:
             "family": str(self.family),
             "sockname": name_to_wire(self.sockname),
             "peername": name_to_wire(self.peername),
+            "node": self.node,
         }
 
     @classmethod
@@ -77,6 +79,7 @@ class FlowEnd:
             family=member(end, "family", Family, "flow end"),
             sockname=name_from_wire(end.get("sockname")),
             peername=name_from_wire(end.get("peername")),
+            node=optional(end, "node", str, "flow end") or "",
         )
 
 

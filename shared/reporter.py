@@ -75,9 +75,11 @@ class Reporter:
         *,
         window: int = DEFAULT_WINDOW,
         resend_after: float = RESEND_AFTER,
+        node: str = "",
     ) -> None:
         self.service = service
         self.host = socket.gethostname()
+        self.node = node
         self.id = uuid.uuid4().bytes
         self.window = window
         self.resend_after = resend_after
@@ -106,6 +108,8 @@ class Reporter:
     def report(self, record: Record) -> bool:
         """Queue one record of any kind without waiting; False when it was dropped (the window full, or the
         record bigger than the collector takes): its number then joins the gap the next record reports."""
+        if not record.node and self.node:
+            record = replace(record, node=self.node)
         seq, data = next(self._seq), pack_record(record)
         too_big = len(data) > MAX_RECORD
         if too_big or len(self._unacked) >= self.window:
@@ -152,6 +156,7 @@ class Reporter:
             Observation(
                 service=self.service,
                 host=self.host,
+                node=self.node,
                 flow=flow,
                 role=role,
                 proto=Proto.of(sock),

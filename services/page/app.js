@@ -85,7 +85,7 @@ function filters() {
 function searchable(flow) {
   const parts = [flow.flow, flow.scenario || "", flow.verdict];
   for (const end of [flow.client, flow.server]) {
-    if (end) parts.push(end.service, end.host, formatName(end.sockname), formatName(end.peername));
+    if (end) parts.push(end.service, end.host, end.node || "", formatName(end.sockname), formatName(end.peername));
   }
   return parts.join(" ").toLowerCase();
 }
@@ -253,10 +253,11 @@ function describeEnd(title, end, mine, theirs) {
   if (!end) return el("div", {}, el("h3", {}, title), el("p", { class: "empty" }, "this end never reported"));
   add("service", end.service);
   add("host", end.host);
+  add("node", end.node || "(not said)");
   add(mine, formatName(end.sockname));
   add(theirs, formatName(end.peername));
   for (const [key, value] of Object.entries(end)) {
-    if (!["service", "host", "family", "sockname", "peername"].includes(key)) add(key, JSON.stringify(value));
+    if (!["service", "host", "node", "family", "sockname", "peername"].includes(key)) add(key, JSON.stringify(value));
   }
   return el("div", {}, el("h3", {}, title), list);
 }

@@ -46,6 +46,7 @@ def test_defaults_are_the_compose_stacks() -> None:
 def test_every_variable_is_read_and_parsed() -> None:
     env = {
         "SOCKLAB_SERVICE": "client-lan",
+        "SOCKLAB_NODE": "node2",
         "SOCKLAB_COLLECTOR": "tcp://127.0.0.1:1",
         "SOCKLAB_QUERY": "tcp://127.0.0.1:2",
         "SOCKLAB_REGISTRY": "198.51.100.3:5300, [2001:db8:100::3]:5301",
@@ -78,6 +79,7 @@ def test_every_variable_is_read_and_parsed() -> None:
     assert sorted(env) == sorted(s.variable for s in SETTINGS), "this test sets every declared variable"
     cfg = load_config("client", env)
     assert (cfg.service, cfg.collector, cfg.query) == ("client-lan", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    assert cfg.node == "node2"
     assert cfg.registries == (("198.51.100.3", 5300), ("2001:db8:100::3", 5301))
     assert (cfg.unix_path, cfg.store, cfg.stun_addresses) == (
         "/tmp/e.sock",

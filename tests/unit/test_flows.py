@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -94,6 +96,14 @@ def test_join_pairs_client_and_server_records_of_one_flow() -> None:
     assert (flow.client.sockname, flow.client.peername) == (ME, ECHO)
     assert flow.server.peername == ME_MAPPED and flow.server.service == "server"
     assert (flow.scenario, flow.complete) == (None, False), "no client record named a scenario yet"
+
+
+def test_each_end_keeps_the_node_its_records_came_from() -> None:
+    client = [replace(o, node="node3") for o in CLIENT]
+    [flow] = join_flows(client + [replace(o, node="node2") for o in server(ME_MAPPED, ECHO_MAPPED)])
+    assert flow.client is not None and flow.server is not None
+    assert (flow.client.node, flow.server.node) == ("node3", "node2")
+    assert '"node": "node3"' in json.dumps(flow.to_wire()), "report --json carries each end's node"
 
 
 def test_unmatched_with_one_end_only() -> None:

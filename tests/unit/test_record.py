@@ -94,6 +94,7 @@ def wire(**changes: Any) -> bytes:
         (wire(family="ipx"), "record family 'ipx' is unknown"),
         (wire(method="listen"), "record method 'listen' is unknown"),
         (wire(flow=7), "record 'flow' has type int"),
+        (wire(node=3), "record 'node' has type int"),
         (wire(extra=[]), "record 'extra' has type list"),
         (wire(local=["192.0.2.1", 80, 0]), "name must have 2 or 4 items, not 3"),
         (wire(local=["192.0.2.1"]), "name must have 2 or 4 items, not 1"),
@@ -110,6 +111,12 @@ def wire(**changes: Any) -> bytes:
 def test_malformed_records_are_refused(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(error)}"):
         unpack_observation(data)
+
+
+def test_a_record_names_its_node_and_one_that_does_not_reads_as_unknown() -> None:
+    assert unpack_observation(pack_observation(record(node="node2"))).node == "node2"
+    assert unpack_observation(wire(node=...)).node == ""
+    assert unpack_observation(wire(node=None)).node == ""
 
 
 def test_a_record_round_trips_byte_for_byte_through_its_map() -> None:

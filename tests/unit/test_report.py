@@ -94,6 +94,15 @@ def test_long_service_names_are_cut_in_the_table_and_whole_in_wide() -> None:
     assert "aioice-client-behind-nat -> registry" in format_table(Report((long,)), wide=True)
 
 
+def test_wide_table_says_the_node_each_end_ran_on() -> None:
+    flow = stack_like_flow("f")
+    assert flow.client is not None and flow.server is not None
+    placed = replace(flow, client=replace(flow.client, node="node3"), server=replace(flow.server, node="node1"))
+    header, _, row, *_ = format_table(Report((placed,)), wide=True).splitlines()
+    assert "client@node -> server@node" in header and "client-lan@node3 -> registry@node1" in row
+    assert "@" not in format_table(Report((placed,))).splitlines()[2], "the narrow table keeps its width"
+
+
 def flows_of(printed: str) -> list[Flow]:
     return [Flow.from_wire(json.loads(line)) for line in printed.splitlines()]
 

@@ -117,7 +117,7 @@ def test_report_keys_are_the_contract() -> None:
             "evidence",
         )
     ]
-    assert list(wire["flows"][0]["client"]) == ["service", "host", "family", "sockname", "peername"]
+    assert list(wire["flows"][0]["client"]) == ["service", "host", "family", "sockname", "peername", "node"]
     assert wire["flows"][0]["client"]["sockname"] == ["fd00:50::20", 44176, 0, 0]
     natcheck = wire["natchecks"][0]
     assert list(natcheck)[:3] == ["service", "host", "time"] and natcheck["mapping"] == "endpoint-independent"

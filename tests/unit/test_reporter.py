@@ -54,7 +54,7 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
 ) -> None:
     router = zmq_socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:*")
-    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit", node="node1")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -63,7 +63,7 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     first, second = unpack_message(one), unpack_message(two)
     assert (first.kind, first.reporter, first.seq, second.seq) == (MessageKind.RECORD, reporter.id, 1, 2)
     record, other = unpack_observation(first.body), unpack_observation(second.body)
-    assert (record.service, record.host) == ("unit", socket.gethostname())
+    assert (record.service, record.host, record.node, other.node) == ("unit", socket.gethostname(), "node1", "node1")
     assert (record.proto, record.family, record.method, record.flow, record.local) == (
         Proto.UDP,
         "ipv6",
