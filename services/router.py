@@ -19,12 +19,13 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from services.conntrack_events import follow_conntrack
+from services.conntrack_events import follow_conntrack, read_setup
 from shared.config import (
     argument_type,
     load_config,
@@ -224,7 +225,8 @@ def stream_conntrack(endpoint: str, service: str, node: str) -> None:
     context = zmq.Context()
     reporter = Reporter(context, endpoint, service, node=node)
     reporter.report_topology()  # before the thread takes the socket over
-    threading.Thread(target=follow_conntrack, args=(reporter, str(READY_DIR / service)), daemon=True).start()
+    setup = partial(read_setup, str(READY_DIR / service))
+    threading.Thread(target=follow_conntrack, args=(reporter, setup), daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:

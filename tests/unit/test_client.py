@@ -131,3 +131,19 @@ def test_main_prints_a_json_line_per_flow(
         flow = live_collector.wait_for_flow(line["flow"])
         assert flow.verdict == "direct" and flow.client is not None
         assert flow.client.sockname == name_from_wire(line["local"])
+
+
+def test_a_tagged_run_names_its_flows_tag_dash_scenario_and_echo_may_be_a_name(
+    echo_server: EchoServer,
+    live_collector: LiveCollector,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SOCKLAB_COLLECTOR", live_collector.ingest)
+    client.main(["--echo", f"localhost:{echo_server.port}", "--json", "--tag", "swarm-dnsrr", "--scenario", "tcp"])
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["scenario"] in ("swarm-dnsrr-tcp4", "swarm-dnsrr-tcp6")
+    flow = live_collector.wait_for_flow(line["flow"])
+    assert (flow.scenario, flow.verdict) == (line["scenario"], "direct")
+    assert flow.client is not None and isinstance(flow.client.peername, tuple)
+    assert flow.client.peername[0] in ("127.0.0.1", "::1"), "localhost resolved by the client, as a swarm's DNS"
