@@ -15,7 +15,10 @@ from shared import readiness
 
 pytestmark = pytest.mark.unit
 
-COMMANDS = "echo,registry,client,collector,router,report,health,natcheck,cases,punch,config,explain,docker-facts"
+COMMANDS = (
+    "echo,registry,client,collector,router,report,health,natcheck,cases,punch,config,explain,docker-facts,"
+    "swarm,node-conntrack"
+)
 USAGE = f"usage: socklab [-h] {{{COMMANDS}}}"
 
 
