@@ -90,6 +90,11 @@ def seeds() -> dict[str, list[bytes]]:
                 }
             ),
         ],
+        "http": [
+            b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html;q=0.5, application/json;q=0.9, */*\r\n\r\n",
+            b"HEAD /x HTTP/1.0\r\nAccept: text/*\r\n\r\n",
+            b"POST / HTTP/1.1\r\n\r\n",
+        ],
         "stun": [stun.pack_message(response, fingerprint=True), stun.pack_message(stun.binding_request())],
         "query": [pack_query(op, verdict=["snat"], last=2, since=1, flow="f") for op in QueryOp],
         "report": [msgpack.packb(Report((flow(),), {"bind": 1}, 1, 0, {"echo": 1}, {}).to_wire(), use_bin_type=True)],

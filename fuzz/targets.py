@@ -16,6 +16,7 @@ import msgpack
 
 from services.collector import Collector, Store, read_record
 from services.report import format_table
+from services.whoami import HttpError, Seen, answer, parse_request, refuse
 from shared import stun
 from shared.collector_protocol import FlowQuery, unpack_query
 from shared.echo_protocol import classify_stream, pack_datagram, reflection_from_wire, unpack_datagram, unpack_hello
@@ -113,11 +114,27 @@ def report(data: bytes) -> None:
         assert all(shown_as_is(ch) for line in table.splitlines() for ch in line), "the table holds a control character"
 
 
+SEEN = Seen("f1", "tcp", ("::ffff:198.51.100.2", 40000, 0, 0), ("::ffff:198.51.100.10", 7080, 0, 0))
+
+
+def http(data: bytes) -> None:
+    """whoami's HTTP head: whole and answered with a status line, not yet whole, or refused with HttpError."""
+    try:
+        request = parse_request(data)
+    except HttpError as exc:
+        assert refuse(exc).startswith(f"HTTP/1.1 {exc.status} ".encode())
+        return
+    if request is not None:
+        status, reply = answer(request, SEEN)
+        assert reply.startswith(f"HTTP/1.1 {status} ".encode())
+
+
 def targets() -> dict[str, Callable[[bytes], None]]:
     """Every parser's target by the name `make fuzz PARSER=...` and the corpus folder use."""
     return {
         "record": record,
         "framing": framing,
+        "http": http,
         "registry": registry,
         "stun": stun_message,
         "query": QueryTarget(),

@@ -338,6 +338,29 @@ def test_a_report_with_any_field_replaced_is_read_or_refused(report: Report, key
     TARGETS["report"](msgpack.packb(wire, use_bin_type=True))
 
 
+header_lines = st.lists(
+    st.tuples(
+        st.from_regex(r"[A-Za-z-]{1,12}", fullmatch=True), st.text(st.characters(max_codepoint=126), max_size=30)
+    ),
+    max_size=4,
+)
+
+
+@given(st.sampled_from(["GET", "HEAD", "POST", "get"]), st.text(max_size=20), header_lines, st.binary(max_size=16))
+def test_an_http_head_is_answered_or_refused_with_its_status(
+    method: str, target: str, headers: list[tuple[str, str]], tail: bytes
+) -> None:
+    lines = [f"{method} /{target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+    head = "\r\n".join(lines).encode(errors="surrogateescape") + b"\r\n\r\n"
+    TARGETS["http"](head)
+    TARGETS["http"](head[: len(head) // 2] + tail)
+
+
+@given(st.binary(max_size=256))
+def test_any_bytes_are_an_http_head_or_an_httperror(data: bytes) -> None:
+    TARGETS["http"](data)
+
+
 @pytest.mark.parametrize("parser", sorted(TARGETS))
 def test_the_kept_corpus_replays_clean(parser: str) -> None:
     inputs = sorted((CORPUS / parser).glob("*"))
