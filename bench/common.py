@@ -32,7 +32,8 @@ RESULTS = Path(__file__).with_name("results.json")
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed run: operations per wall second, and the server's CPU microseconds per operation."""
+    """One timed run: operations per wall second, the server's CPU microseconds per operation, and what was lost
+    (records not stored, or dropped by a reporter whose window was full)."""
 
     rate: float
     cpu_us: float

@@ -52,7 +52,7 @@ def run_echo(collector: str | None, ready: Queue[Any], stop: Event) -> None:
     server.listen()
     ready.put(server.port)
     server.serve(stop_flag(stop))
-    ready.put((reporter.sent, reporter.dropped))
+    ready.put((reporter.sent, reporter.dropped))  # dropped: the window was full (the collector fell behind)
     server.close()
     reporter.close()
     context.term()
@@ -174,12 +174,12 @@ def measure(server: str, drive: Callable[[int], int], reporting: bool = True) ->
     trips = drive(port)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
-    ready.get(timeout=10)
+    _sent, dropped = ready.get(timeout=10)
     child.join(10)
     halt.set()
     for process in helpers:
         process.join(10)
-    return Sample(trips / elapsed, cpu / trips * 1e6)
+    return Sample(trips / elapsed, cpu / trips * 1e6, dropped)
 
 
 def main() -> None:

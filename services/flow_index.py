@@ -54,11 +54,17 @@ class FlowIndex:
         self.cursor = 0
 
     def add(self, obs: Observation) -> None:
-        """File one record under its flow and mark the flow for a new join."""
+        """File one record under its flow (held records share one copy of the flow id) and mark the flow for a new
+        join."""
         if obs.flow is None:
             return
         with self._lock:
-            self._records.setdefault(obs.flow, []).append(obs)
+            records = self._records.get(obs.flow)
+            if records is None:
+                records = self._records[obs.flow] = []
+            else:
+                obs.flow = records[0].flow  # one copy of the flow id for all its records
+            records.append(obs)
             self._dirty[obs.flow] = None
 
     def add_evidence(self, record: ConntrackEvent | DockerBinding) -> None:

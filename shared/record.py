@@ -186,6 +186,8 @@ class Observation:
             return cls.checked(obj)
         if extra:
             plain(extra, "record 'extra'")  # the one check left: what checked() would say of it
+        else:
+            extra = NO_EXTRA
         node = intern(node) if node else ""
         return cls(intern(service), intern(host), flow, *words, local, remote, float(moment), drops, extra, node)
 
@@ -216,11 +218,12 @@ PROTOS: dict[Any, Proto] = {str(word): word for word in Proto}
 FAMILIES: dict[Any, Family] = {str(word): word for word in Family}
 METHODS: dict[Any, Method] = {str(word): word for word in Method}
 INTERNED_LIMIT = 4096
+NO_EXTRA: dict[str, Any] = {}  # shared by every record read without extras (most): never written to
 _interned: dict[str, str] = {}
 
 
 def intern(text: str) -> str:
-    """One copy of each service and host name, so 10⁶ held records do not carry 10⁶ copies of "echo"."""
+    """One copy of each service, host and address, so 10⁶ held records do not carry 10⁶ copies of "echo"."""
     kept = _interned.get(text)
     if kept is not None:
         return kept
@@ -234,7 +237,7 @@ def fast_name(obj: Any) -> Name | None:
     if type(obj) is list and len(obj) == 2:
         host, port = obj
         if type(host) is str and type(port) is int and 0 <= port <= 65535:
-            return (host, port)
+            return (intern(host), port)
     return name_from_wire(obj)
 
 

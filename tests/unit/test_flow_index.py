@@ -54,3 +54,11 @@ def test_a_query_selects_the_newest_matching_flows_in_report_order_and_searches_
     assert [f.flow for f in index.flows()] == [f"f{n}" for n in range(10)]
     index.add(replace(observed(Role.SERVER, "getpeername", remote=("192.0.2.99", 4242)), flow="f3"))
     assert [f.flow for f in index.select(FlowQuery(search="192.0.2.99"))] == ["f3"], "a changed flow is searched anew"
+
+
+def test_a_flows_records_share_one_copy_of_its_id() -> None:
+    index = FlowIndex()
+    records = [replace(obs, flow="".join(["f", "1"])) for obs in tcp_flow()]
+    for obs in records:
+        index.add(obs)
+    assert all(obs.flow is records[0].flow for obs in records)

@@ -146,3 +146,9 @@ def test_the_one_pass_reader_reads_what_the_field_by_field_reader_reads(changes:
 def test_held_records_share_one_copy_of_each_service_name() -> None:
     first, second = (unpack_observation(pack_observation(record())) for _ in range(2))
     assert first.service is second.service and first.host is second.host
+
+
+def test_held_records_share_address_strings_and_an_empty_extra() -> None:
+    first, second = (unpack_observation(pack_observation(record(local=("192.0.2.1", 80), extra={}))) for _ in range(2))
+    assert first.local is not None and second.local is not None
+    assert first.local[0] is second.local[0] and first.extra is second.extra and first.extra == {}
