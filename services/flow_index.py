@@ -122,14 +122,14 @@ class FlowIndex:
                 return found
             needle = query.search.casefold()
             for flow_id in reversed(self._records):
-                flow = self._current(flow_id)  # a page joins only the flows it looks at
                 text = None
                 if needle:
                     text = self._texts.get(flow_id)
-                    if text is None:
-                        text = self._texts[flow_id] = searchable_text(flow)
+                    if text is None or flow_id in self._dirty:
+                        text = self._texts[flow_id] = searchable_text(self._current(flow_id))
                     if needle not in text:
-                        continue
+                        continue  # most flows end here, unjoined and unlooked at
+                flow = self._current(flow_id)  # a page joins only the flows it looks at
                 if query.matches(flow, text):
                     found.append(flow)
                     if len(found) == query.last:
