@@ -60,10 +60,10 @@ def unmap_host(host: str) -> str:
     return str(addr)
 
 
+@functools.lru_cache(maxsize=16384)
 def endpoint(name: Name) -> Endpoint:
-    """Fold a name to (host, port) with IPv4-mapped hosts unmapped, so two views can be compared."""
-    if type(name) is tuple:
-        return (unmap_host(name[0]), int(name[1]))
+    """Fold a name to (host, port) with IPv4-mapped hosts unmapped, so two views can be compared (cached: joining
+    a flow folds each of its names several times)."""
     if isinstance(name, str | bytes):
         return name
     return (unmap_host(name[0]), int(name[1]))
