@@ -56,16 +56,17 @@ class FlowIndex:
     def add(self, obs: Observation) -> None:
         """File one record under its flow (held records share one copy of the flow id) and mark the flow for a new
         join."""
-        if obs.flow is None:
+        flow = obs.flow
+        if flow is None:
             return
         with self._lock:
-            records = self._records.get(obs.flow)
+            records = self._records.get(flow)
             if records is None:
-                records = self._records[obs.flow] = []
+                records = self._records[flow] = []
             else:
                 obs.flow = records[0].flow  # one copy of the flow id for all its records
             records.append(obs)
-            self._dirty[obs.flow] = None
+            self._dirty[flow] = None
 
     def add_evidence(self, record: ConntrackEvent | DockerBinding) -> None:
         """Keep evidence and mark the flows it may change: those naming its endpoints, or all for a binding."""

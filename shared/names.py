@@ -60,10 +60,14 @@ def unmap_host(host: str) -> str:
     return str(addr)
 
 
-@functools.lru_cache(maxsize=16384)
 def endpoint(name: Name) -> Endpoint:
-    """Fold a name to (host, port) with IPv4-mapped hosts unmapped, so two views can be compared (cached: joining
-    a flow folds each of its names several times)."""
+    """Fold a name to (host, port) with IPv4-mapped hosts unmapped, so two views can be compared."""
+    return folded(name)
+
+
+@functools.lru_cache(maxsize=16384)
+def folded(name: Name) -> Endpoint:
+    """endpoint(), cached: joining a flow folds each of its names several times."""
     if isinstance(name, str | bytes):
         return name
     return (unmap_host(name[0]), int(name[1]))
