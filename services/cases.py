@@ -1,7 +1,8 @@
 """socklab cases: the Docker addressing cases people hit, run from the Docker host against the running stack.
 
 `make cases` (or `make cases CASE=hairpin`) runs them with the project's venv after `make up`:
-  hairpin    containers reach echo through the host's published port on wan's gateway (moby#29330 family)
+  hairpin    containers reach echo through the host's published port on wan's gateway (moby#29330 family),
+             then the same on a Docker engine in a container without its userland proxy
   stale-udp  the host keeps sending UDP to echo's published port while echo restarts (moby#8795)
   collision  N LAN hosts bind one source port at once behind the router: which keeps it
 Each flow is printed with both ends' views (the collector's), who rewrote it, and the kernel's or
@@ -17,12 +18,19 @@ from collections.abc import Callable
 
 from services.case_collision import run_collision
 from services.case_hairpin import run_hairpin
+from services.case_hairpin_engine import run_hairpin_without_proxy
 from services.case_stale_udp import run_stale_udp
 from services.case_views import CaseFlow, format_case_flow
 from shared.stack import Stack
 
+
+def run_hairpins(stack: Stack) -> list[CaseFlow]:
+    """Hairpin through this host's published port (its userland proxy), then through an engine without one."""
+    return [*run_hairpin(stack), *run_hairpin_without_proxy(stack.docker)]
+
+
 CASES: dict[str, Callable[[Stack], list[CaseFlow]]] = {
-    "hairpin": run_hairpin,
+    "hairpin": run_hairpins,
     "stale-udp": run_stale_udp,
     "collision": run_collision,
 }

@@ -42,12 +42,12 @@ STACK_FILE = "/tmp/socklab-stack.json"
 IPVS = Path("/proc/sys/net/ipv4/vs")
 # What a Docker engine needs to run in a container here: every capability but the one the host's engine
 # lacks (--privileged fails), no seccomp or AppArmor filter, its own /run, and the cgroup tree.
-NODE_RUN_OPTIONS: dict[str, Any] = {
+NODE_HOST_CONFIG: dict[str, Any] = {
     "cap_add": ["ALL"],
     "cap_drop": ["SYS_RESOURCE"],
     "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
     "tmpfs": {"/run": "", "/var/run": ""},
-    "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+    "binds": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
 }
 
 
@@ -105,29 +105,39 @@ def ensure_network(host: DockerClient) -> None:
         host.api.create_network(NETWORK, driver="bridge", ipam=ipam, labels={LABEL: "network"})
 
 
+def run_engine(host: DockerClient, name: str, hostname: str, role: str, userland_proxy: bool = True) -> Container:
+    """A Docker engine in a container on the nodes' network; without its userland proxy it must set sysctls."""
+    ensure_network(host)
+    host_config = host.api.create_host_config(network_mode=NETWORK, **NODE_HOST_CONFIG)
+    if not userland_proxy:  # dockerd then sets route_localnet on its bridges: /proc/sys must be writable
+        host_config.update(MaskedPaths=[], ReadonlyPaths=[])  # what `--security-opt systempaths=unconfined` sends
+    created = host.api.create_container(
+        NODE_IMAGE,
+        node_command(userland_proxy),
+        name=name,
+        hostname=hostname,
+        labels={LABEL: role},
+        host_config=host_config,
+    )
+    container = host.containers.get(created["Id"])
+    container.start()
+    return container
+
+
+def engine_node(container: Container) -> Node:
+    """An engine container as a Node, once its engine answers."""
+    address = node_address(container)
+    engine = engine_at(address)
+    wait_for(partial(answers, engine), f"{container.name}'s engine", timeout=60, interval=0.2)
+    return Node(str(container.attrs["Config"]["Hostname"]), container, address, engine)
+
+
 def start_nodes(host: DockerClient, count: int, userland_proxy: bool = True) -> list[Node]:
     """Start `count` engines in containers (node1, node2, ...) and wait until each answers."""
-    ensure_network(host)
     containers = [
-        host.containers.run(
-            NODE_IMAGE,
-            node_command(userland_proxy),
-            name=f"socklab-swarm-node{i}",
-            hostname=f"node{i}",
-            network=NETWORK,
-            labels={LABEL: "node"},
-            detach=True,
-            **NODE_RUN_OPTIONS,
-        )
-        for i in range(1, count + 1)
+        run_engine(host, f"socklab-swarm-node{i}", f"node{i}", "node", userland_proxy) for i in range(1, count + 1)
     ]
-    nodes = []
-    for container in containers:
-        address = node_address(container)
-        engine = engine_at(address)
-        wait_for(partial(answers, engine), f"{container.name}'s engine", timeout=60, interval=0.2)
-        nodes.append(Node(str(container.attrs["Config"]["Hostname"]), container, address, engine))
-    return nodes
+    return [engine_node(container) for container in containers]
 
 
 def find_nodes(host: DockerClient) -> list[Node]:

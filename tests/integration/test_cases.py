@@ -8,6 +8,7 @@ import pytest
 
 from services.case_collision import run_collision
 from services.case_hairpin import run_hairpin
+from services.case_hairpin_engine import run_hairpin_without_proxy
 from services.case_stale_udp import run_stale_udp
 from services.case_views import CaseFlow
 from shared.conntrack import ConntrackEntry, parse_conntrack
@@ -52,6 +53,25 @@ def test_hairpin_through_the_hosts_published_port(stack: Stack) -> None:
             [entry] = [e for e in entries if e.dst == gateway and e.dport == published and e.reply_src == echo_ip]
             assert row.rewriter.startswith("docker-dnat")
             assert same_host(seen_host, entry.reply_dst) and seen_port == entry.reply_dport
+
+
+def test_hairpin_on_an_engine_without_the_userland_proxy_keeps_the_clients_address(stack: Stack) -> None:
+    rows = run_hairpin_without_proxy(stack.docker)
+    assert [str(row.flow.proto) for row in rows] == ["tcp", "udp"]
+    for row in rows:
+        client, server = ends(row.flow)
+        gateway, port = host_port(client.peername)
+        assert row.step == f"client -> {gateway}:{port} (no proxy)" and port == 7007
+        assert (
+            "--userland-proxy=false" in str(row.evidence["engine"]) and row.evidence["docker-proxy"] == "none running"
+        )
+        assert row.flow.verdict == FlowVerdict.DNAT, "the destination rewritten, the source kept"
+        assert same_host(host_port(server.peername)[0], host_port(client.sockname)[0]), "echo sees the client itself"
+        assert host_port(server.peername)[1] == host_port(client.sockname)[1]
+        assert same_host(host_port(server.sockname)[0], str(row.evidence["echo"]))
+        [rule] = row.evidence["engine DNAT rule"]
+        assert f"-d {gateway}/32" in rule and f"DNAT --to-destination {row.evidence['echo']}:7007" in rule
+        assert "! -i" not in rule, "without the proxy Docker DNATs packets from the bridge itself (hairpin)"
 
 
 def check_datagram(stack: Stack, row: CaseFlow) -> ConntrackEntry:
