@@ -118,9 +118,18 @@ def test_the_page_draws_every_flow_live_filters_and_escapes(stack: Stack, browse
     shot = screenshot(browser, "page.png")
 
     choose(browser, "verdict", "snat")
-    snat = {f.flow for f in stack.report().flows if f.verdict == FlowVerdict.SNAT}
-    wait_for(lambda: set(drawn(browser)) == snat, "only snat flows drawn under the snat filter")
-    assert set(browser.execute_script(ROWS)) == snat
+    shown: list[object] = []
+
+    def only_snat_shown() -> bool:
+        # The collector's answer is read on every poll: a late end or conntrack event may still change a verdict.
+        snat = {f.flow for f in stack.report().flows if f.verdict == FlowVerdict.SNAT}
+        shown[:] = [snat, set(drawn(browser)), set(browser.execute_script(ROWS))]
+        return bool(snat) and shown[1] == snat and shown[2] == snat
+
+    try:
+        wait_for(only_snat_shown, "only snat flows drawn and listed under the snat filter")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; held snat, drawn, listed: {shown}") from None
     choose(browser, "verdict", "")
 
     context = zmq.Context()
