@@ -40,7 +40,7 @@ from shared.echo_protocol import (
 from shared.names import Name, arrival_address, create_dual_stack_socket, enable_pktinfo, pktinfo_space
 from shared.readiness import mark_ready
 from shared.record import Proto, Role, new_flow_id
-from shared.registry_protocol import register
+from shared.registry_protocol import register, renew_registration
 from shared.reporter import Reporter
 from shared.streams import AcceptedStream, AcceptGate, close_all
 
@@ -482,6 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     ports = {"tcp": server.port, "udp": server.port, "unix": args.unix}
     for address in cfg.registries:
         register(address, cfg.service, ports, reporter)
+    stop = threading.Event()
+    renewal = threading.Thread(
+        target=renew_registration, args=(cfg.registries, cfg.service, ports, reporter, stop), daemon=True
+    )
+    renewal.start()
     server.listen()
     log.info(
         "echo serving on port %d, whoami on %s, HTTP whoami on %s, and %s",
@@ -494,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         server.serve(threading.Event())
     finally:
+        stop.set()
         server.close()
         reporter.close()
         context.term()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,6 +62,7 @@ MAX_NAME = 255
 MAX_PORTS = 16
 MAX_REGISTRATIONS = 4096
 REGISTRATION_TTL = 24 * 3600.0
+RENEW_EVERY = REGISTRATION_TTL / 4  # a registrant's renewals: three may fail before its registration expires
 PAGE_BYTES = MAX_FRAME - 1024  # a list page's registrations, leaving room for the reply around them
 
 
@@ -287,6 +289,23 @@ def register(
             log.info("registry %s not reachable yet: %s", address, exc)
             time.sleep(0.2)
     return observed_name(request(address, payload, reporter))
+
+
+def renew_registration(
+    addresses: list[tuple[str, int]],
+    name: str,
+    ports: dict[str, Any],
+    reporter: Reporter,
+    stop: threading.Event,
+    every: float = RENEW_EVERY,
+) -> None:
+    """Register again well inside the registry's TTL, so a service that runs for days stays listed."""
+    while not stop.wait(every):
+        for address in addresses:
+            try:
+                register(address, name, ports, reporter, attempts=1)
+            except (OSError, LookupError, ValueError) as exc:
+                log.warning("renewing %s at the registry %s failed, retried in %.0f s: %s", name, address, every, exc)
 
 
 def observed_name(reply: dict[str, Any]) -> Name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,13 @@ from shared import stun
 from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
 from shared.record import Family
-from shared.registry_protocol import REGISTRATION_TTL, Registration, list_registrations, request
+from shared.registry_protocol import (
+    REGISTRATION_TTL,
+    Registration,
+    list_registrations,
+    renew_registration,
+    request,
+)
 from shared.reporter import REJECT_BURST, REJECT_RATE, Reporter
 from tests.conftest import LiveCollector, Loops, MakeReporter, serving
 from tests.helpers import wait_for
@@ -256,3 +263,23 @@ def test_idle_request_streams_are_closed_and_past_the_cap_clients_wait(
         assert server.stats["idle_closed"] >= 2 and server.stats["stream_cap"] >= 1
         for sock in held:
             sock.close()
+
+
+def test_a_registrant_renews_before_its_registration_expires_and_survives_a_registry_outage(
+    registry_server: RegistryServer, reporter: Reporter
+) -> None:
+    address = ("127.0.0.1", registry_server.port)
+    request(address, {"op": "register", "name": "echo"}, reporter)
+    first = registry_server.registrations[("echo", Family.IPV4)].time
+    stop = threading.Event()
+    unreachable = ("127.0.0.1", 1)  # a refused connection only delays the next renewal
+    renewal = threading.Thread(
+        target=renew_registration, args=([unreachable, address], "echo", {}, reporter, stop, 0.05), daemon=True
+    )
+    renewal.start()
+    try:
+        wait_for(lambda: registry_server.registrations[("echo", Family.IPV4)].time > first, "a renewed registration")
+    finally:
+        stop.set()
+        renewal.join(timeout=5)
+    assert not renewal.is_alive()
