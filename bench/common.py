@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 import zmq
 
+import services.collector
 from services.collector import Collector, bind, serve
 from services.store import Store
 from shared.record import SCHEMA_VERSION
@@ -113,8 +114,15 @@ def stop_flag(stop: Event) -> threading.Event:
     return flag
 
 
-def run_collector(ingest: str, query: str, stop: Event) -> None:
-    """The real collector (bind, serve, Collector, Store) on a temporary store, until `stop` is set."""
+def no_curve(_sock: zmq.Socket, _directory: object = None) -> None:
+    """Leave a socket plain ZeroMQ: the one-line CurveZMQ hook of the baseline that measures what curve costs."""
+
+
+def run_collector(ingest: str, query: str, stop: Event, curve: bool = True) -> None:
+    """The real collector (bind, serve, Collector, Store) on a temporary store, until `stop` is set; with
+    `curve` False (this child process only), its sockets are left without CurveZMQ."""
+    if not curve:
+        services.collector.secure_server = no_curve  # type: ignore[assignment]
     with temp_store() as path:
         collector = Collector(Store(path))
         context = zmq.Context()

@@ -1,10 +1,13 @@
-"""Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling.
+"""Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling,
+and vs the same collector without CurveZMQ (what curve costs).
 
 Both receivers run in a child process and get the same packed records from this process, sent
 blocking so nothing is dropped on the way: the ceiling from a PUSH socket, the collector as a
 reporter speaks to it (numbered RECORD messages from a DEALER, shared.delivery). The collector is the
 real one (bind, serve: batches checked, stored with one fsync, indexed, acknowledged); the run ends
 when its ping query counts every record stored. What it did not store by then is counted as lost.
+The collector and its DEALER speak CurveZMQ as in a stack (bench/__main__ makes the keys); the plain
+variant runs the same code with the one-line hooks (secure_server, secure_client) left out.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import msgpack
 import zmq
 
 from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, run_collector, save, summarize
-from shared.collector_protocol import query_collector
+from shared.collector_protocol import QueryOp, pack_query, query_collector
+from shared.curve import secure_client
 from shared.delivery import MessageKind, pack_message
 
 DEADLINE = 60.0
 COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
+PLAIN = "same collector, no CurveZMQ"
 
 
 def run_raw(port: int, count: int, done: Queue[Any], stop: Event) -> None:
@@ -45,9 +50,11 @@ def run_raw(port: int, count: int, done: Queue[Any], stop: Event) -> None:
     context.term()
 
 
-def connect(context: zmq.Context, endpoint: str, kind: int) -> zmq.Socket:
+def connect(context: zmq.Context, endpoint: str, kind: int, curve: bool = False) -> zmq.Socket:
     """The sending socket, with room for a whole round's messages."""
     sender = context.socket(kind)
+    if curve:
+        secure_client(sender)
     sender.setsockopt(zmq.SNDHWM, 1_000_000)
     sender.connect(endpoint)
     return sender
@@ -88,22 +95,35 @@ def numbered(records: list[bytes]) -> list[bytes]:
     return [pack_message(MessageKind.RECORD, reporter, seq, raw) for seq, raw in enumerate(records, 1)]
 
 
-def measure_collector(records: list[bytes]) -> Sample:
+def count_stored(context: zmq.Context, endpoint: str, curve: bool, timeout: float) -> int:
+    """The collector's count of stored records (its ping), asked with CurveZMQ or, of the plain one, without."""
+    if curve:
+        return int(query_collector(context, endpoint, {"op": "ping"}, timeout=timeout)["records"])
+    req = connect(context, endpoint, zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    try:
+        req.send(pack_query(QueryOp.PING))
+        return int(msgpack.unpackb(req.recv())["records"])
+    finally:
+        req.close(linger=0)
+
+
+def measure_collector(records: list[bytes], curve: bool = True) -> Sample:
     port, query, stop = free_port(), free_port(), mp.Event()
-    child = mp.Process(target=run_collector, args=(f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}", stop))
+    ingest, ask = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}"
+    child = mp.Process(target=run_collector, args=(ingest, ask, stop, curve))
     child.start()
     context = zmq.Context()
-    ask = f"tcp://127.0.0.1:{query}"
-    query_collector(context, ask, {"op": "ping"}, timeout=10)
+    count_stored(context, ask, curve, 10)
     messages = numbered(records)
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
-    dealer = connect(context, f"tcp://127.0.0.1:{port}", zmq.DEALER)
+    dealer = connect(context, ingest, zmq.DEALER, curve)
     sender = threading.Thread(target=send_all, args=(dealer, messages))
     sender.start()
     stored = 0
     while stored < len(records) and time.perf_counter() - start < DEADLINE:
         time.sleep(0.01)
-        stored = query_collector(context, ask, {"op": "ping"}, timeout=DEADLINE)["records"]
+        stored = count_stored(context, ask, curve, DEADLINE)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
     sender.join()
@@ -119,11 +139,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     records = flow_records(args.records)
-    variants = {COLLECTOR: lambda: measure_collector(records), RAW: lambda: measure_raw(records)}
+    variants = {
+        COLLECTOR: lambda: measure_collector(records),
+        RAW: lambda: measure_raw(records),
+        PLAIN: lambda: measure_collector(records, curve=False),
+    }
     runs = interleave(variants, args.rounds)
     summary = summarize(f"ingest: {args.records:,} records a round", "records/s", runs, RAW)
-    collector = summary[COLLECTOR]
-    save({"ingest_ratio": collector["ratio"], "ingest": {"records": args.records, "rounds": args.rounds, **summary}})
+    curve = summarize("what CurveZMQ costs the collector", "records/s", {k: runs[k] for k in (COLLECTOR, PLAIN)}, PLAIN)
+    save(
+        {
+            "ingest_ratio": summary[COLLECTOR]["ratio"],
+            "ingest": {"records": args.records, "rounds": args.rounds, **summary},
+            "curve_ratio": curve[COLLECTOR]["ratio"],
+            "curve_cpu_ratio": curve[COLLECTOR]["cpu_ratio"],
+        }
+    )
 
 
 if __name__ == "__main__":

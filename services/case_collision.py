@@ -26,6 +26,7 @@ def start_probe(stack: Stack, name: str, command: str) -> Container:
         detach=True,
         network=stack.network_name("lan"),
         environment=stack.reporting_env(name),
+        volumes=stack.member_volumes(),
         labels={PROBE_LABEL: stack.project},
         hostname=name,
     )

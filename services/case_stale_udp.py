@@ -151,7 +151,7 @@ def run_stale_udp(stack: Stack) -> list[CaseFlow]:
     echo = stack.container("echo")
     echo_ip = unmap_host(stack.ip("echo", "wan"))
     context = zmq.Context()
-    reporter = Reporter(context, stack.ingest_endpoint(), "host", node=engine_name(stack.docker))
+    reporter = Reporter(context, stack.ingest_endpoint(), "host", node=engine_name(stack.docker), keys=stack.keys)
     sender, fresh = UdpSender(reporter, published), UdpSender(reporter, published)
     try:
         rows = [step(stack, sender, "before echo restarts", echo_ip)]

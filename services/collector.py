@@ -1,6 +1,6 @@
 """collector: ingests every service's records over ZeroMQ, keeps them, joins flows, answers queries.
 
-Sockets (the stable side binds):
+Sockets (the stable side binds), both CurveZMQ servers that only the stack's keys may reach (shared.curve):
   ROUTER on SOCKLAB_INGEST_PORT: numbered records and gap notices from reporters' DEALERs (shared.delivery);
                  a bad one is counted, logged, kept out. Each batch read is stored with one write and one
                  fsync, then acknowledged to its senders; a duplicate (reporter, seq) is acknowledged, not stored.
@@ -22,6 +22,7 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -32,6 +33,7 @@ from services.page_server import serve_page
 from services.store import Entry, Store
 from shared.collector_protocol import MAX_QUERY, FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
+from shared.curve import make_keys, refusals, secure_server
 from shared.delivery import (
     MAX_ACK_RANGES,
     MAX_MESSAGE,
@@ -252,6 +254,7 @@ class Collector:
                 ),
                 missing=self.ledger.missing(),
                 duplicates=self.ledger.duplicates,
+                refused=refusals(),
             )
 
     def hosts(self) -> list[Topology]:
@@ -294,6 +297,8 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
     router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a bigger message drops its sender's connection, unread
     rep.setsockopt(zmq.MAXMSGSIZE, MAX_QUERY)
     try:
+        secure_server(router)
+        secure_server(rep)
         router.bind(ingest)
         rep.bind(query)
     except zmq.ZMQError:
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="socklab collector", description=main.__doc__)
     parser.add_argument("--store", default=cfg.store)
     args = parser.parse_args(argv)
+    make_keys(Path(cfg.keys))
     store = Store(args.store)
     collector = Collector(store)
     gc.freeze()  # what the replay kept lives as long as the collector: the cyclic GC need not scan it again

@@ -6,7 +6,8 @@ port bindings; and, from /proc, whether a docker-proxy process serves a binding 
 userland-proxy setting at work: the proxy accepts the connection and opens its own from the bridge
 gateway). A binding no proxy serves is Docker's DNAT in the host kernel. Each binding becomes a
 "docker-binding" record (shared.record.DockerBinding), so the collector can name the rewriter of every
-flow to a published port (services.paths).
+flow to a published port (services.paths). It first copies the host's CurveZMQ keys out of the
+collector (shared.docker_host) into --keys (SOCKLAB_KEYS), where the host's other commands find them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from docker.errors import DockerException
 
 import docker
 from shared.config import load_config
-from shared.docker_host import DockerProxy, engine_name, list_docker_proxies
+from shared.docker_host import DockerProxy, engine_name, fetch_host_keys, list_docker_proxies
 from shared.names import format_name
 from shared.record import DockerBinding, Mechanism, Proto
 from shared.reporter import Reporter
@@ -109,15 +110,20 @@ def project_containers(client: docker.DockerClient, project: str) -> list[Any]:
     return client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
 
 
-def collector_endpoint(containers: Iterable[Any]) -> str:
-    """The collector's PULL port as the host reaches it: its published 5555/tcp."""
+def find_collector(containers: Iterable[Any]) -> Any:
+    """The project's collector container."""
     for container in containers:
         if container.labels.get("com.docker.compose.service") == "collector":
-            bindings = container.attrs["NetworkSettings"]["Ports"].get("5555/tcp") or []
-            for binding in bindings:
-                host = canonical(binding["HostIp"] or "127.0.0.1")
-                return f"tcp://{format_name((host, int(binding['HostPort'])))}"
-    raise LookupError("the project has no collector with a published port 5555")
+            return container
+    raise LookupError("the project has no collector")
+
+
+def collector_endpoint(collector: Any) -> str:
+    """The collector's PULL port as the host reaches it: its published 5555/tcp."""
+    for binding in collector.attrs["NetworkSettings"]["Ports"].get("5555/tcp") or []:
+        host = canonical(binding["HostIp"] or "127.0.0.1")
+        return f"tcp://{format_name((host, int(binding['HostPort'])))}"
+    raise LookupError("the project's collector has no published port 5555")
 
 
 def format_binding(binding: DockerBinding) -> str:
@@ -137,18 +143,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "socklab"))
     parser.add_argument("--collector", help="collector's PULL endpoint (default: its published port)")
     parser.add_argument("--quiet", action="store_true", help="report without printing")
+    parser.add_argument("--keys", default=cfg.keys, help="where the host's keys are copied from the collector to")
     args = parser.parse_args(argv)
     try:
         client = docker.from_env()
         containers = project_containers(client, args.project)
-        endpoint = args.collector or collector_endpoint(containers)
-    except (DockerException, LookupError) as exc:
+        collector = find_collector(containers)
+        endpoint = args.collector or collector_endpoint(collector)
+        fetch_host_keys(collector, Path(args.keys))
+    except (DockerException, LookupError, FileNotFoundError) as exc:
         sys.exit(f"docker-facts: {exc}")
     proxies = find_proxies()
     service = cfg.service
     bindings = [b for c in containers for b in bindings_of(c.attrs, proxies, service, socket.gethostname())]
     context = zmq.Context()
-    reporter = Reporter(context, endpoint, service, node=cfg.node or engine_name(client))
+    reporter = Reporter(context, endpoint, service, node=cfg.node or engine_name(client), keys=args.keys)
     try:
         for binding in bindings:
             reporter.report(binding)

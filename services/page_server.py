@@ -97,6 +97,7 @@ class LiveView:
             "rejected": counts.rejected,
             "service_rejects": counts.service_rejects,
             "drops": counts.drops,
+            "refused": counts.refused,
         }
         if state != now_state:
             answer["picture"] = wire

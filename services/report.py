@@ -148,6 +148,8 @@ def format_losses(report: Report) -> list[str]:
         lines.append("missing, not yet resent: " + ", ".join(f"{s} {n}" for s, n in sorted(report.missing.items())))
     if report.duplicates:
         lines.append(f"duplicates dropped (resent after a lost ack): {report.duplicates}")
+    if report.refused:
+        lines.append("refused at the door (no stack key): " + ", ".join(f"{r} {n}" for r, n in report.refused.items()))
     return lines
 
 

@@ -2,7 +2,8 @@
 health checks and tests import to ask the collector anything.
 
 Records go in over ZeroMQ PUSH -> PULL (shared.record, shared.reporter). Queries are msgpack maps on
-REQ -> REP, one reply per query, always a map with "ok":
+REQ -> REP, one reply per query, always a map with "ok"; like records, only the stack's keys may ask
+(CurveZMQ, shared.curve), since a report holds every name the stack saw:
   {"op": "ping"}                    -> {"ok": true, "records": n}
   {"op": "report", ...filters}      -> {"ok": true, ...the report (shared.report_model)...}
   {"op": "flows", "since": cursor, ...filters}
@@ -29,6 +30,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from shared.curve import secure_client
 from shared.fields import optional
 from shared.framing import unpack_map
 from shared.names import format_name
@@ -148,9 +150,12 @@ def pack_reply(reply: dict[str, Any]) -> bytes:
     return msgpack.packb(reply, use_bin_type=True)
 
 
-def query_collector(context: zmq.Context, endpoint: str, query: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-    """One REQ/REP round trip; raises TimeoutError when the collector does not answer in time."""
+def query_collector(
+    context: zmq.Context, endpoint: str, query: dict[str, Any], timeout: float = 3.0, keys: str | None = None
+) -> dict[str, Any]:
+    """One REQ/REP round trip with the keys of `keys` (default SOCKLAB_KEYS); TimeoutError when no answer in time."""
     req = context.socket(zmq.REQ)
+    secure_client(req, keys)
     req.setsockopt(zmq.LINGER, 0)
     req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
     req.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)

@@ -192,6 +192,13 @@ SETTINGS = (
         parse_ipv4_hosts,
     ),
     Setting("SOCKLAB_STUN_ALT_PORT", "stun_alt_port", "3479", "registry: RFC 5780's alternate port", parse_port),
+    Setting(
+        "SOCKLAB_KEYS",
+        "keys",
+        "/run/socklab-keys",
+        "CurveZMQ keys: the collector makes them here at first start; a client reads server.key and client.key_secret",
+        parse_text,
+    ),
     Setting("SOCKLAB_STORE", "store", "/var/lib/socklab/records.bin", "collector's append-only store", parse_text),
     Setting("SOCKLAB_INGEST_PORT", "ingest_port", "5555", "collector's PULL port", parse_port),
     Setting("SOCKLAB_QUERY_PORT", "query_port", "5556", "collector's REP port", parse_port),
@@ -263,6 +270,7 @@ class Config:
     stun_port: int
     stun_addresses: tuple[str, ...]
     stun_alt_port: int
+    keys: str
     store: str
     ingest_port: int
     query_port: int

@@ -444,7 +444,10 @@ class LostRange:
 
 @dataclass(frozen=True)
 class Report:
-    """Everything a reader needs: joined flows, NAT checks, and the counts that say nothing was lost."""
+    """Everything a reader needs: joined flows, NAT checks, and the counts that say nothing was lost or forged.
+
+    `refused` counts the handshakes the collector refused, by reason (shared.curve): records never let in.
+    """
 
     flows: tuple[Flow, ...] = ()
     methods: dict[str, int] = field(default_factory=dict)
@@ -457,6 +460,7 @@ class Report:
     gaps: tuple[LostRange, ...] = ()
     missing: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
 
     def flow(self, flow_id: str) -> Flow | None:
         """The flow with this id, if the report holds it."""
@@ -476,6 +480,7 @@ class Report:
             "gaps": [gap.to_wire() for gap in self.gaps],
             "missing": dict(self.missing),
             "duplicates": self.duplicates,
+            "refused": dict(self.refused),
         }
 
     @classmethod
@@ -497,4 +502,5 @@ class Report:
             gaps=tuple(LostRange.from_wire(gap) for gap in gaps),
             missing=counts(report.get("missing", {}), "report 'missing'"),
             duplicates=typed(report, "duplicates", int, "report") if "duplicates" in report else 0,
+            refused=counts(report.get("refused", {}), "report 'refused'"),
         )

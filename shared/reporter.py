@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from shared.curve import secure_client
 from shared.delivery import MAX_ACK, Gap, MessageKind, pack_gap, pack_message, unpack_ack
 from shared.host_topology import read_topology
 from shared.names import Name
@@ -54,9 +55,11 @@ class RateLimit:
         return True
 
 
-def connect_dealer(context: zmq.Context, endpoint: str, window: int) -> zmq.Socket:
-    """The reporter's one socket: a DEALER connected to the collector's ROUTER (the stable side binds)."""
+def connect_dealer(context: zmq.Context, endpoint: str, window: int, keys: str | None = None) -> zmq.Socket:
+    """The reporter's one socket: a DEALER connected to the collector's ROUTER (the stable side binds), a
+    CurveZMQ client with the keys in `keys` (a directory; default SOCKLAB_KEYS)."""
     dealer = context.socket(zmq.DEALER)
+    secure_client(dealer, keys)
     dealer.setsockopt(zmq.SNDHWM, window)
     dealer.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged or still in the window
     dealer.setsockopt(zmq.MAXMSGSIZE, MAX_ACK)  # it receives acks only
@@ -76,6 +79,7 @@ class Reporter:
         window: int = DEFAULT_WINDOW,
         resend_after: float = RESEND_AFTER,
         node: str = "",
+        keys: str | None = None,
     ) -> None:
         self.service = service
         self.host = socket.gethostname()
@@ -96,7 +100,7 @@ class Reporter:
         self._fresh: collections.deque[bytes] = collections.deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closing = threading.Event()
-        self._dealer = connect_dealer(context, endpoint, window)
+        self._dealer = connect_dealer(context, endpoint, window, keys)
         self._courier = threading.Thread(target=self._run_courier, name=f"reporter-{service}", daemon=True)
         self._courier.start()
 

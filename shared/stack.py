@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
+import tempfile
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
@@ -20,6 +23,7 @@ from docker.models.containers import Container
 
 from shared.collector_protocol import QueryOp, query_collector
 from shared.conntrack import ConntrackEntry, parse_conntrack
+from shared.docker_host import fetch_host_keys, keys_volume
 from shared.names import format_name
 from shared.polling import wait_for
 from shared.report_model import Flow, NatCheckResult, Report
@@ -154,6 +158,18 @@ class Stack:
             self.remove_leftovers()
         finally:
             self.context.term()
+            if "keys" in self.__dict__:
+                shutil.rmtree(self.keys, ignore_errors=True)
+
+    @cached_property
+    def keys(self) -> str:
+        """The host's CurveZMQ keys for this stack (shared.curve), copied from its collector to a private directory."""
+        directory = tempfile.mkdtemp(prefix=f"socklab-keys-{self.project}-")
+        return str(fetch_host_keys(self.container("collector"), Path(directory)))
+
+    def member_volumes(self) -> dict[str, dict[str, str]]:
+        """The volumes a container of yours mounts to report as a stack member: the stack's keys, read-only."""
+        return keys_volume(self.container("collector"))
 
     def container(self, who: Who) -> Container:
         """A compose service's container by name, or the docker Container behind one of yours."""
@@ -189,9 +205,9 @@ class Stack:
         return int(next(b["HostPort"] for b in bindings if b["HostIp"] == host_ip))
 
     def ask(self, op: QueryOp, **fields: Any) -> dict[str, Any]:
-        """Ask the collector over its published REP port (shared.collector_protocol)."""
+        """Ask the collector over its published REP port (shared.collector_protocol), with the host's keys."""
         endpoint = f"tcp://127.0.0.1:{self.published_port('collector', '5556/tcp')}"
-        return query_collector(self.context, endpoint, {"op": str(op), **fields})
+        return query_collector(self.context, endpoint, {"op": str(op), **fields}, keys=self.keys)
 
     def report(self) -> Report:
         """The collector's report: every joined flow and NAT check, typed."""
@@ -205,7 +221,7 @@ class Stack:
             return None
 
     def ingest_endpoint(self) -> str:
-        """Where a reporter on this host pushes records: the collector's published PULL port."""
+        """Where a reporter on this host pushes records (with `keys`): the collector's published PULL port."""
         return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
 
     def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> Flow:
@@ -254,6 +270,7 @@ class Stack:
             detach=True,
             network_mode=f"container:{target.id}",
             environment=self.reporting_env(service),
+            volumes=self.member_volumes(),
             labels={PROBE_LABEL: self.project},
             user="root" if root else "socklab",
             cap_add=["NET_ADMIN"] if root else [],

@@ -18,6 +18,7 @@ from services.collector import Collector, Store, bind, serve
 from services.echo import EchoServer
 from services.flows import join_flows
 from services.registry import RegistryServer
+from shared.curve import make_keys
 from shared.record import Observation
 from shared.report_model import Flow
 from shared.reporter import Reporter
@@ -97,6 +98,16 @@ class LiveCollector:
             return next((flow for flow in join_flows(self.records(flow_id)) if flow.complete), None)
 
         return wait_for(find, f"flow {flow_id} joined")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def curve_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A stack's keys for the session, made as the collector makes them, and SOCKLAB_KEYS pointing at them."""
+    keys = tmp_path_factory.mktemp("keys")
+    make_keys(keys)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOCKLAB_KEYS", str(keys))
+        yield keys
 
 
 @pytest.fixture

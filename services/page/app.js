@@ -336,8 +336,9 @@ function render() {
     drawDetail();
     drawNatchecks();
     const c = model.counts;
+    const refused = Object.values(c.refused || {}).reduce((sum, n) => sum + n, 0);
     document.getElementById("status").textContent =
-      `${all.length} flows, ${c.records} records, ${c.rejected} rejected · live, ${new Date().toLocaleTimeString()}`;
+      `${all.length} flows, ${c.records} records, ${c.rejected} rejected, ${refused} refused · live, ${new Date().toLocaleTimeString()}`;
   }
 }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zmq
 
+from services import docker_facts
 from services.client import SCENARIOS, Outcome, Target
 from shared.conntrack import ConntrackEntry
 from shared.names import unmap_host
@@ -43,9 +44,15 @@ def run_from_host(stack: Stack, scenario_name: str, host: str) -> tuple[Outcome,
     proto = str(scenario.proto)
     port = stack.published_port("echo", f"7007/{proto}", host)
     context = zmq.Context()
-    reporter = Reporter(context, stack.ingest_endpoint(), "test-host")
+    reporter = Reporter(context, stack.ingest_endpoint(), "test-host", keys=stack.keys)
     try:
         return scenario.run(reporter, Target(scenario, (host, port))), port, proto
     finally:
         reporter.close()
         context.term()
+
+
+def report_docker_facts(stack: Stack) -> None:
+    """Have `socklab docker-facts` report the stack's published-port bindings, with the host's keys."""
+    endpoint = stack.ingest_endpoint()
+    docker_facts.main(["--project", stack.project, "--quiet", "--collector", endpoint, "--keys", stack.keys])

@@ -13,14 +13,13 @@ import urllib.request
 
 import pytest
 
-from services import docker_facts
 from services.oneside import RAW_ECHO, WHOAMI, WHOAMI_HTTP
 from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.names import endpoint
 from shared.report_model import Flow, FlowVerdict
 from shared.stack import Stack
 from tests.helpers import wait_for
-from tests.integration.stack import same_host
+from tests.integration.stack import report_docker_facts, same_host
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +160,7 @@ def test_host_to_published_raw_echo_and_http(stack: Stack, host: str) -> None:
 @pytest.mark.parametrize(("proto", "host"), [("tcp", "127.0.0.1"), ("udp", "127.0.0.1")])
 def test_host_whoami_flow_is_not_direct_and_names_dockers_proxy(stack: Stack, proto: str, host: str) -> None:
     """A client that is not socklab's still gets its rewriter: the proxy hop, from Docker's own facts."""
-    docker_facts.main(["--project", stack.project, "--quiet", "--collector", stack.ingest_endpoint()])
+    report_docker_facts(stack)
     port = stack.published_port("echo", f"7008/{proto}", host)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from services import docker_facts
 from shared.docker_host import find_docker_proxy, host_conntrack
 from shared.names import endpoint
 from shared.report_model import Flow, HopKind
 from shared.stack import Stack
 from tests.helpers import ends, host_port, wait_for
-from tests.integration.stack import run_from_host, same_host
+from tests.integration.stack import report_docker_facts, run_from_host, same_host
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def with_path(stack: Stack, flow_id: str) -> Flow:
 
 @pytest.mark.parametrize(("scenario_name", "host"), [("tcp4", "127.0.0.1"), ("udp4", "127.0.0.1"), ("tcp6", "::1")])
 def test_published_port_hops_are_dockers_binding_and_mechanism(stack: Stack, scenario_name: str, host: str) -> None:
-    docker_facts.main(["--project", stack.project, "--quiet", "--collector", stack.ingest_endpoint()])
+    report_docker_facts(stack)
     outcome, port, proto = run_from_host(stack, scenario_name, host)
     flow = with_path(stack, outcome.flow)
     client, server = ends(flow)

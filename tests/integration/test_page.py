@@ -134,7 +134,7 @@ def test_the_page_draws_every_flow_live_filters_and_escapes(stack: Stack, browse
 
     context = zmq.Context()
     try:
-        reporter = Reporter(context, stack.ingest_endpoint(), HOSTILE)
+        reporter = Reporter(context, stack.ingest_endpoint(), HOSTILE, keys=stack.keys)
         hostile = Observation(
             HOSTILE,
             HOSTILE,

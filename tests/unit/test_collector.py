@@ -16,6 +16,7 @@ import zmq
 from services.collector import Collector, Store, serve_page
 from services.report import format_table
 from shared.collector_protocol import MAX_QUERY, query_collector
+from shared.curve import secure_client
 from shared.delivery import MessageKind, pack_message, unpack_ack, unpack_message
 from shared.names import dumps_json
 from shared.nat import Behaviour
@@ -127,6 +128,7 @@ def test_a_bad_query_gets_an_error_and_the_next_is_answered(
     live_collector: LiveCollector, zmq_context: zmq.Context, zmq_socket: ZmqSocket, query: bytes, error: str
 ) -> None:
     req = zmq_socket(zmq.REQ)
+    secure_client(req)
     req.connect(live_collector.query)
     req.send(query)
     reply = msgpack.unpackb(req.recv(), raw=False)
@@ -177,6 +179,7 @@ def test_a_bad_filter_is_a_counted_error(
 
 def test_garbage_over_zeromq_is_counted_and_acknowledged(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
     dealer = zmq_socket(zmq.DEALER)
+    secure_client(dealer)
     dealer.connect(live_collector.ingest)
     rid = bytes(range(16))
     dealer.send(b"\x01 too short")

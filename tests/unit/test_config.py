@@ -58,6 +58,7 @@ def test_every_variable_is_read_and_parsed() -> None:
         "SOCKLAB_STUN_PORT": "5",
         "SOCKLAB_STUN_ADDRESSES": " 198.51.100.3, 198.51.100.4 ,",
         "SOCKLAB_STUN_ALT_PORT": "6",
+        "SOCKLAB_KEYS": "/tmp/keys",
         "SOCKLAB_STORE": "/tmp/r.bin",
         "SOCKLAB_INGEST_PORT": "7",
         "SOCKLAB_QUERY_PORT": "8",
@@ -81,8 +82,9 @@ def test_every_variable_is_read_and_parsed() -> None:
     assert (cfg.service, cfg.collector, cfg.query) == ("client-lan", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
     assert cfg.node == "node2"
     assert cfg.registries == (("198.51.100.3", 5300), ("2001:db8:100::3", 5301))
-    assert (cfg.unix_path, cfg.store, cfg.stun_addresses) == (
+    assert (cfg.unix_path, cfg.keys, cfg.store, cfg.stun_addresses) == (
         "/tmp/e.sock",
+        "/tmp/keys",
         "/tmp/r.bin",
         ("198.51.100.3", "198.51.100.4"),
     )

@@ -209,6 +209,7 @@ def test_report_command_prints_the_collectors_report_as_json_and_as_a_table(
         "gaps",
         "missing",
         "duplicates",
+        "refused",
     ]
     assert Report.from_wire(printed) == live_collector.collector.report()
     main(["--query", live_collector.query])

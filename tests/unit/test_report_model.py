@@ -101,6 +101,7 @@ def test_report_keys_are_the_contract() -> None:
         "gaps",
         "missing",
         "duplicates",
+        "refused",
     ]
     assert list(wire["flows"][0]) == [
         *(

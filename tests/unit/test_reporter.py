@@ -17,6 +17,7 @@ import services.store
 from services.collector import Collector, Store, bind, serve
 from services.report import format_table
 from shared.collector_protocol import query_collector
+from shared.curve import secure_server
 from shared.delivery import Message, MessageKind, pack_ack, unpack_message
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation, unpack_observation
 from shared.report_model import LostRange
@@ -53,6 +54,7 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     zmq_socket: ZmqSocket,
 ) -> None:
     router = zmq_socket(zmq.ROUTER)
+    secure_server(router)
     router.bind("tcp://127.0.0.1:*")
     reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit", node="node1")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
@@ -141,6 +143,7 @@ def test_records_a_killed_collector_never_stored_are_resent_and_those_it_stored_
     endpoint, path = f"ipc://{tmp_path}/collector", tmp_path / "r.bin"
     reporter = Reporter(zmq_context, endpoint, "unit", resend_after=0.3)
     dying = zmq_context.socket(zmq.ROUTER)
+    secure_server(dying)
     dying.bind(endpoint)
     with socket.socket() as sock:
         assert all(connection(sock, reporter, f"f{i}") for i in range(40))

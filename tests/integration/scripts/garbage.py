@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from shared.curve import secure_client
 from shared.delivery import MessageKind, pack_message
 from shared.framing import pack_frame, recv_frame
 from shared.registry_protocol import request
@@ -69,6 +70,7 @@ def send_garbage(echo: str, registry: str) -> None:
 def send_bad_records(context: zmq.Context, collector: str) -> None:
     """Two messages the collector must reject: no delivery header, and a numbered map that is no record."""
     dealer = context.socket(zmq.DEALER)
+    secure_client(dealer)  # a stack member's bad messages: let in, then rejected
     dealer.connect(collector)
     dealer.send(b"\xc1 not a record")
     dealer.send(pack_message(MessageKind.RECORD, os.urandom(16), 1, msgpack.packb({"v": 1, "service": "x"})))
