@@ -334,9 +334,11 @@ def test_a_message_past_maxmsgsize_never_reaches_ingest_and_the_collector_serves
     assert len(big) > MAX_RECORD
     rid = bytes(range(16))
     sender = zmq_socket(zmq.DEALER)
+    secure_client(sender)
     sender.connect(live_collector.ingest)
     sender.send(pack_message(MessageKind.RECORD, rid, 1, big))
     other = zmq_socket(zmq.DEALER)
+    secure_client(other)
     other.connect(live_collector.ingest)
     other.send(pack_message(MessageKind.RECORD, rid[::-1], 1, GOOD[0]))
     live_collector.wait_for_records(count=1)

@@ -87,7 +87,7 @@ def test_an_unknown_key_is_refused_counted_and_its_records_never_stored(
     live_collector: LiveCollector, zmq_context: zmq.Context, zmq_socket: ZmqSocket, tmp_path: Path, curve_keys: Path
 ) -> None:
     before = refusals()
-    push = zmq_socket(zmq.PUSH)
+    push = zmq_socket(zmq.DEALER)
     secure_client(push, stranger_keys(tmp_path, curve_keys))
     push.connect(live_collector.ingest)
     push.send(pack_observation(record("forged")), zmq.NOBLOCK)
@@ -100,7 +100,7 @@ def test_an_unknown_key_is_refused_counted_and_its_records_never_stored(
 
 def test_no_key_is_refused_and_counted(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
     before = refusals()
-    push = zmq_socket(zmq.PUSH)
+    push = zmq_socket(zmq.DEALER)
     push.connect(live_collector.ingest)
     push.send(pack_observation(record("forged")), zmq.NOBLOCK)
     assert wait_for_refusal(NO_KEY, before) > before.get(NO_KEY, 0)
@@ -114,7 +114,7 @@ def test_a_wrong_server_key_fails_the_handshake_and_is_counted_as_no_key(
     before = refusals()
     other = tmp_path / "other"
     make_keys(other)
-    push = zmq_socket(zmq.PUSH)
+    push = zmq_socket(zmq.DEALER)
     secure_client(push, other)
     push.connect(live_collector.ingest)
     assert wait_for_refusal(NO_KEY, before) > before.get(NO_KEY, 0)
