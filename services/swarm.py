@@ -13,13 +13,18 @@ Runs on the Docker host, from the checkout's .venv (make swarm-up, swarm-report,
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 from docker.client import DockerClient
@@ -28,6 +33,7 @@ from docker.errors import DockerException
 from services.report import format_flows
 from services.swarm_cases import CaseResult, Placement, run_cases
 from shared.collector_protocol import QueryOp, query_collector
+from shared.curve import HOST, make_keys
 from shared.docker_host import engine_name
 from shared.polling import wait_for
 from shared.report_model import Flow, Report
@@ -47,12 +53,14 @@ from shared.swarm import (
     start_nodes,
     wait_healthy,
 )
-from shared.swarm_stack import derive_stack
+from shared.swarm_stack import NODE_KEYS, derive_stack
 
 HEALTH_TIMEOUT = 120.0
 INGEST_PORT, QUERY_PORT, ECHO_PORT = 5555, 5556, 7007
 OUTSIDE = "socklab-swarm-outside"
 FOLLOWER = "socklab-node-conntrack"
+HOST_KEYS = Path(tempfile.gettempdir()) / "socklab-swarm-keys"  # the swarm's keys on this host, while it is up
+KEYS_MOUNT = "/run/socklab-keys"  # where socklab's image reads them (SOCKLAB_KEYS' default)
 
 
 @contextmanager
@@ -72,6 +80,19 @@ def stack_json() -> str:
     return json.dumps(derive_stack(json.loads(done.stdout)), indent=2)
 
 
+def seed_keys(nodes: list[Node]) -> None:
+    """Make the swarm's CurveZMQ keys on this host and copy them into every node (the stack mounts them there)."""
+    shutil.rmtree(HOST_KEYS, ignore_errors=True)
+    make_keys(HOST_KEYS)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(HOST_KEYS, arcname=".")
+    for node in nodes:
+        code, output = node.container.exec_run(["mkdir", "-p", NODE_KEYS])
+        if code != 0 or not node.container.put_archive(NODE_KEYS, archive.getvalue()):
+            raise RuntimeError(f"the swarm's keys could not be copied into {node.name}: {output.decode()}")
+
+
 def start_outside(host: DockerClient, placement: Placement) -> str:
     """An echo outside the swarm, on the nodes' network, reporting through the collector's node; its address."""
     collector, registry = placement.node_of("collector"), placement.node_of("registry")
@@ -82,6 +103,7 @@ def start_outside(host: DockerClient, placement: Placement) -> str:
         hostname="outside",
         network=NETWORK,
         labels={LABEL: "outside"},
+        volumes={str(HOST_KEYS): {"bind": KEYS_MOUNT, "mode": "ro"}},
         environment={
             "SOCKLAB_SERVICE": "outside-echo",
             "SOCKLAB_NODE": engine_name(host),
@@ -108,6 +130,7 @@ def start_followers(nodes: list[Node], collector: Node) -> None:
             network_mode="host",
             cap_add=["NET_ADMIN"],
             user="root",
+            volumes={NODE_KEYS: {"bind": KEYS_MOUNT, "mode": "ro"}},
             environment={
                 "SOCKLAB_SERVICE": node.name,
                 "SOCKLAB_NODE": node.name,
@@ -121,7 +144,8 @@ def collector_report(collector: Node) -> Report:
     """The collector's report, asked over its node's published query port."""
     with zmq.Context() as context:
         endpoint = f"tcp://{collector.address}:{QUERY_PORT}"
-        return Report.from_wire(query_collector(context, endpoint, {"op": str(QueryOp.REPORT)}))
+        query = {"op": str(QueryOp.REPORT)}
+        return Report.from_wire(query_collector(context, endpoint, query, keys=str(HOST_KEYS / HOST)))
 
 
 def case_flows(collector: Node, results: list[CaseResult], timeout: float = 15.0) -> list[Flow]:
@@ -170,6 +194,7 @@ def bring_up(host: DockerClient, count: int, userland_proxy: bool = True) -> Swa
     with step("swarm formed and nodes labelled"):
         form_swarm(nodes)
         label_nodes(nodes)
+        seed_keys(nodes)
     with step(f"{IMAGE} loaded into {count} nodes"):
         load_image(host, nodes)
     with step("stack deployed and every task healthy"):
@@ -202,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             print_cases(swarm.placement.node_of("collector"), swarm.results)
         elif args.action == "down":
             removed = remove(host)
+            shutil.rmtree(HOST_KEYS, ignore_errors=True)
             print(f"swarm: removed {len(removed)}: {', '.join(removed) or 'nothing was up'}")
         elif args.action == "cases":
             where = placement(host, find_nodes(host))

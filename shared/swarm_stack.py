@@ -13,6 +13,8 @@ is changed here, each rule once:
   - published ports in `mode: host` on the node (the ingress routing mesh needs IPVS), same port;
   - `endpoint_mode: dnsrr` (a VIP needs IPVS), a placement label per service (node.labels.socklab.NAME);
   - health checks every 2 s: on a swarm they are how readiness is known across nodes;
+  - the stack's CurveZMQ keys (the `keys` volume, shared.curve) are one set for the whole swarm: made on the
+    host by `socklab swarm up`, copied into every node at NODE_KEYS and bind-mounted read-only from there;
   - the hardening a swarm service can carry (read-only root, its tmpfs, dropped capabilities, the memory
     limit); a swarm service has no no-new-privileges or pids limit in this stack file version.
 """
@@ -32,6 +34,8 @@ DROPPED_ENV = ("SOCKLAB_STUN_ADDRESSES",)
 EXTRA_PORTS = {"registry": ({"target": 5300, "protocol": "tcp"},)}
 DROP_TO_SOCKLAB = "--init-groups"
 HARDENING = ("read_only", "tmpfs", "cap_drop")
+KEYS_VOLUME = "keys"
+NODE_KEYS = "/var/lib/socklab-keys"  # in each node: the swarm's keys, copied there before the stack is deployed
 
 
 def placement_label(service: str) -> str:
@@ -69,7 +73,12 @@ def derive_service(name: str, service: dict[str, Any]) -> dict[str, Any]:
         net: {"aliases": [*(attrs or {}).get("aliases", []), f"{name}.{net}"]}
         for net, attrs in service["networks"].items()
     }
-    volumes = [{"type": v["type"], "source": v["source"], "target": v["target"]} for v in service.get("volumes", [])]
+    volumes = [
+        {"type": "bind", "source": NODE_KEYS, "target": v["target"], "read_only": True}
+        if v["source"] == KEYS_VOLUME
+        else {"type": v["type"], "source": v["source"], "target": v["target"]}
+        for v in service.get("volumes", [])
+    ]
     derived: dict[str, Any] = {
         "image": service["image"],
         "command": swarm_command(service["command"]),
@@ -103,7 +112,9 @@ def derive_stack(config: dict[str, Any]) -> dict[str, Any]:
     """The stack file for `docker stack deploy`, from `docker compose config --format json`'s output."""
     services = {name: derive_service(name, config["services"][name]) for name in SWARM_SERVICES}
     networks = sorted({net for service in services.values() for net in service["networks"]})
-    volumes = sorted({v["source"] for service in services.values() for v in service["volumes"]})
+    volumes = sorted(
+        {v["source"] for service in services.values() for v in service["volumes"] if v["type"] == "volume"}
+    )
     return {
         "version": STACK_VERSION,
         "services": services,

@@ -10,7 +10,16 @@ import pytest
 
 from shared.stack import COMPOSE_FILE, compose_command
 from shared.swarm import placements
-from shared.swarm_stack import DROPPED_ENV, SWARM_ENV, SWARM_SERVICES, derive_stack, placement_label, swarm_command
+from shared.swarm_stack import (
+    DROPPED_ENV,
+    KEYS_VOLUME,
+    NODE_KEYS,
+    SWARM_ENV,
+    SWARM_SERVICES,
+    derive_stack,
+    placement_label,
+    swarm_command,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +48,13 @@ def test_the_stack_has_the_swarm_services_with_compose_s_image_health_and_volume
         assert set(service["networks"]) == set(source["networks"])
         assert (service["read_only"], service["cap_drop"]) == (source["read_only"], source["cap_drop"])
         assert "depends_on" not in service and "build" not in service and "user" not in service
+
+
+def test_every_service_reads_the_swarm_s_one_set_of_keys_from_its_node(stack: dict[str, Any]) -> None:
+    assert KEYS_VOLUME not in stack["volumes"], "a named volume is per node: members elsewhere would find no keys"
+    for name, service in stack["services"].items():
+        [keys] = [v for v in service["volumes"] if v["target"] == "/run/socklab-keys"]
+        assert keys == {"type": "bind", "source": NODE_KEYS, "target": "/run/socklab-keys", "read_only": True}, name
 
 
 def test_commands_are_compose_s_socklab_commands_without_root_wrappers_or_waits(
