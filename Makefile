@@ -131,6 +131,10 @@ bench: venv ## same-run benchmark ratios (ingest, observing, echo vs asyncio, re
 	$(VENV)/bin/python -m bench $(BENCH)
 	@$(VENV)/bin/python -m bench.figures --check README.md || echo "the README's figures table differs from bench/results.json: python -m bench.figures --write README.md"
 
+.PHONY: bench-kill
+bench-kill: venv ## 10 SIGKILLs of the collector while 4 reporters send: sent, stored, lost, duplicates (bench/results.json "kill")
+	$(VENV)/bin/python bench/kill.py $(ARGS)
+
 clean: down
 	rm -rf $(VENV)
 	-docker image rm $(IMAGE)

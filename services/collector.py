@@ -115,12 +115,11 @@ class Collector:
         gc.disable()
         try:
             for entry in self.store.replay():
-                message = Message(entry.kind, entry.reporter, entry.seq, entry.body)
                 if self.ledger.has(entry.reporter, entry.seq):
                     self.ledger.duplicates += 1  # a write that failed after reaching the disk, then resent
                     continue
                 try:
-                    self.account(message, *self.check(message))
+                    self.account(entry, *self.check(entry))
                 except ValueError as exc:
                     log.warning("stored record skipped: %s", exc)
         finally:
@@ -145,7 +144,7 @@ class Collector:
         self.rejected += 1
         log.warning("rejected %s #%d: %s", what, self.rejected, reason)
 
-    def check(self, message: Message) -> tuple[Record | Gap, NatCheck | None]:
+    def check(self, message: Message | Entry) -> tuple[Record | Gap, NatCheck | None]:
         """Decode and check a message's body: a record (and the NAT check it carries) or a gap notice."""
         if message.kind == MessageKind.GAP:
             return unpack_gap(message.body), None
@@ -179,7 +178,7 @@ class Collector:
             held[message.reporter].append(message.seq)
         return held
 
-    def account(self, message: Message, item: Record | Gap, natcheck: NatCheck | None) -> None:
+    def account(self, message: Message | Entry, item: Record | Gap, natcheck: NatCheck | None) -> None:
         """Note a stored message in the ledger, and index it if it is a record."""
         with self.lock:
             if isinstance(item, Gap):

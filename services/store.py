@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shared.delivery import NO_REPORTER, MessageKind
 
@@ -35,12 +35,13 @@ FILE_MAGIC = b"SOCKLAB-STORE-2\n"
 ENTRY_MAGIC = b"\xa5SL2"
 ENTRY = struct.Struct("!4sII")  # magic, length, crc
 KEY = struct.Struct("!B16sQ")  # kind, reporter, seq: the part the CRC covers with the body
+HEADER = struct.Struct("!4sIIB16sQ")  # ENTRY then KEY, read at once
+KINDS = {MessageKind.RECORD.value: MessageKind.RECORD, MessageKind.GAP.value: MessageKind.GAP}
 V1_HEADER = struct.Struct("!I")
 MAX_BODY = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One stored message: a record or a gap notice, with who sent it and its number."""
 
     kind: MessageKind
@@ -51,30 +52,24 @@ class Entry:
 
 def pack_entry(entry: Entry) -> bytes:
     """One entry as the file holds it."""
-    key = KEY.pack(entry.kind, entry.reporter, entry.seq)
-    crc = zlib.crc32(entry.body, zlib.crc32(key))
-    return ENTRY.pack(ENTRY_MAGIC, len(entry.body), crc) + key + entry.body
+    checked = KEY.pack(entry.kind, entry.reporter, entry.seq) + entry.body
+    return ENTRY.pack(ENTRY_MAGIC, len(entry.body), zlib.crc32(checked)) + checked
 
 
-def read_entry(data: bytes | mmap.mmap, pos: int) -> tuple[Entry, int] | None:
+def read_entry(data: mmap.mmap, pos: int) -> tuple[Entry, int] | None:
     """The entry at `pos` and where the next begins, or None if the bytes there are no whole, intact entry."""
-    head = pos + ENTRY.size + KEY.size
-    if head > len(data):
+    if pos + HEADER.size > len(data):
         return None
-    magic, length, crc = ENTRY.unpack_from(data, pos)
-    end = head + length
+    magic, length, crc, kind, reporter, seq = HEADER.unpack_from(data, pos)
+    end = pos + HEADER.size + length
     if magic != ENTRY_MAGIC or length > MAX_BODY or end > len(data):
         return None
-    body = data[head:end]
-    if zlib.crc32(body, zlib.crc32(data[pos + ENTRY.size : head])) != crc:
+    if zlib.crc32(data[pos + ENTRY.size : end]) != crc or kind not in KINDS:
         return None
-    kind, reporter, seq = KEY.unpack_from(data, pos + ENTRY.size)
-    if kind not in (MessageKind.RECORD, MessageKind.GAP):
-        return None
-    return Entry(MessageKind(kind), reporter, seq, body), end
+    return Entry(KINDS[kind], reporter, seq, data[pos + HEADER.size : end]), end
 
 
-def scan(data: bytes | mmap.mmap, start: int, path: str) -> Iterator[tuple[Entry, int]]:
+def scan(data: mmap.mmap, start: int, path: str) -> Iterator[tuple[Entry, int]]:
     """Every intact entry from `start` with the offset after it, skipping (and logging) corrupt stretches."""
     pos = start
     while pos < len(data):
