@@ -43,7 +43,7 @@ def test_killing_the_collector_mid_stream_loses_no_record(stack: Stack) -> None:
     stack.container("collector").reload()
     assert stack.container("collector").attrs["RestartCount"] == restarts + 2, "Docker restarted it after each kill"
     records = stack.ask(QueryOp.RECORDS)["records"]
-    seen = sorted(r["extra"]["i"] for r in records if r["flow"].startswith(f"{tag}-"))
-    assert seen == list(range(COUNT)), f"{COUNT - len(set(seen))} lost, {len(seen) - len(set(seen))} stored twice"
-    assert stats["resent"] > 0, "the kills cost records in flight: they came back as resends"
-    assert stack.report().duplicates >= 0
+    seen = sorted(r["extra"]["i"] for r in records if r["extra"].get("stream") == tag)
+    assert seen == list(range(COUNT)), (
+        f"{COUNT - len(set(seen))} lost, {len(seen) - len(set(seen))} stored twice, {stats}"
+    )
