@@ -1,8 +1,9 @@
 """The one reporter: numbers records, keeps each until the collector has it on disk, never makes the data path wait.
 
 The data path only packs a record, numbers it and appends it to a bounded window; a courier thread
-owns the DEALER socket, sends (never blocking), reads the collector's acks, forgets what they cover and
-resends what stayed unacknowledged too long (a collector that was killed or restarted). When the
+owns the DEALER socket, sends (never blocking), reads the collector's acks and forgets what they cover.
+When the connection breaks and comes back (a collector killed and restarted) it resends what it had
+sent before the break; on a live connection it resends what waited too long for its ack. When the
 window is full a record is dropped and counted, and the gap (how many, which sequence numbers) is sent
 as a message of its own once there is room, so the collector can show what was lost.
 """
@@ -21,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from shared.curve import secure_client
 from shared.delivery import MAX_ACK, Gap, MessageKind, pack_gap, pack_message, unpack_ack
@@ -31,7 +33,7 @@ from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Record
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 10_000
-RESEND_AFTER = 2.0  # seconds a record may wait for its ack before it is sent again
+RESEND_AFTER = 5.0  # seconds a record may wait for its ack on a live connection before it is sent again
 COURIER_TICK = 0.1  # the courier's longest sleep: resends and a missed wake-up wait at most this long
 REJECT_RATE = 10.0  # refused inputs logged and reported a second, at most; the rest are only counted
 REJECT_BURST = 20
@@ -100,6 +102,7 @@ class Reporter:
         self._fresh: collections.deque[bytes] = collections.deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closing = threading.Event()
+        self._broken_at: float | None = None  # when the connection broke, while it is broken
         self._dealer = connect_dealer(context, endpoint, window, keys)
         self._courier = threading.Thread(target=self._run_courier, name=f"reporter-{service}", daemon=True)
         self._courier.start()
@@ -212,25 +215,43 @@ class Reporter:
 
     def _run_courier(self) -> None:
         """Send, read acks and resend until closed; the only thread that touches the socket."""
+        monitor = self._dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
-        poller.register(self._dealer, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
+        for sock in (self._dealer, self._wake, monitor):
+            poller.register(sock, zmq.POLLIN)
         resend_at = time.monotonic() + self.resend_after
         try:
             while not self._closing.is_set():
                 ready = dict(poller.poll(int(COURIER_TICK * 1000)))
                 if self._wake in ready:
                     os.eventfd_read(self._wake)
+                if monitor in ready:
+                    self._follow_connection(monitor)
                 if self._dealer in ready:
                     self._take_acks()
                 self._send_fresh()
-                if time.monotonic() >= resend_at:
-                    self._resend_stale()
+                if self._broken_at is None and time.monotonic() >= resend_at:
+                    self._resend(time.monotonic() - self.resend_after)
                     resend_at = time.monotonic() + self.resend_after / 4
         except zmq.ZMQError as exc:  # the context was terminated under us: nothing left to deliver with
             log.warning("reporter of %s stopped: %s; %d records unacknowledged", self.service, exc, len(self._unacked))
         finally:
+            monitor.close(linger=0)
             self._dealer.close(linger=0)
+
+    def _follow_connection(self, monitor: zmq.Socket) -> None:
+        """Track the connection; on a reconnect, resend what was sent before the old one broke (it may have died
+        with the collector). What was queued while disconnected goes out on the new connection by itself."""
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_DISCONNECTED and self._broken_at is None:
+                self._broken_at = time.monotonic()
+            elif event == zmq.EVENT_CONNECTED and self._broken_at is not None:
+                self._resend(self._broken_at)
+                self._broken_at = None
 
     def _send_fresh(self) -> None:
         """Send what the data path queued, in order, until the socket's queue is full."""
@@ -261,11 +282,11 @@ class Reporter:
                     if self._unacked.pop(seq, None) is not None:
                         self.acked += 1
 
-    def _resend_stale(self) -> None:
-        """Send again every record whose ack is overdue: the collector that had it may have died."""
+    def _resend(self, sent_before: float) -> None:
+        """Send again every unacknowledged record last sent before `sent_before` (a monotonic time)."""
         now = time.monotonic()
         for seq, (frame, when) in list(self._unacked.items()):
-            if now - when < self.resend_after:
+            if when > sent_before:
                 continue
             try:
                 self._dealer.send(frame, zmq.NOBLOCK)
