@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config("host")
     parser = argparse.ArgumentParser(prog="socklab docker-facts", description=main.__doc__)
     parser.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "socklab"))
-    parser.add_argument("--collector", help="collector's PULL endpoint (default: its published port)")
+    parser.add_argument("--collector", help="collector's ROUTER endpoint (default: its published port)")
     parser.add_argument("--quiet", action="store_true", help="report without printing")
     parser.add_argument("--keys", default=cfg.keys, help="where the host's keys are copied from the collector to")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """The collector's query protocol and its client: the one module the collector, `socklab report`,
 health checks and tests import to ask the collector anything.
 
-Records go in over ZeroMQ PUSH -> PULL (shared.record, shared.reporter). Queries are msgpack maps on
+Records go in over ZeroMQ DEALER -> ROUTER, numbered and acknowledged (shared.delivery, shared.reporter). Queries are msgpack maps on
 REQ -> REP, one reply per query, always a map with "ok"; like records, only the stack's keys may ask
 (CurveZMQ, shared.curve), since a report holds every name the stack saw:
   {"op": "ping"}                    -> {"ok": true, "records": n}

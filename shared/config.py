@@ -157,7 +157,13 @@ SETTINGS = (
         "the Docker engine's name in every record (docker/compose sets it from `docker info`; swarm: the node's)",
         str,
     ),
-    Setting("SOCKLAB_COLLECTOR", "collector", "tcp://collector:5555", "collector's PULL endpoint", parse_text),
+    Setting(
+        "SOCKLAB_COLLECTOR",
+        "collector",
+        "tcp://collector:5555",
+        "collector's ROUTER endpoint (records in, acks back)",
+        parse_text,
+    ),
     Setting("SOCKLAB_QUERY", "query", "tcp://collector:5556", "collector's REP endpoint", parse_text),
     Setting(
         "SOCKLAB_REGISTRY",
@@ -200,7 +206,9 @@ SETTINGS = (
         parse_text,
     ),
     Setting("SOCKLAB_STORE", "store", "/var/lib/socklab/records.bin", "collector's append-only store", parse_text),
-    Setting("SOCKLAB_INGEST_PORT", "ingest_port", "5555", "collector's PULL port", parse_port),
+    Setting(
+        "SOCKLAB_INGEST_PORT", "ingest_port", "5555", "collector's ROUTER port (records in, acks back)", parse_port
+    ),
     Setting("SOCKLAB_QUERY_PORT", "query_port", "5556", "collector's REP port", parse_port),
     Setting("SOCKLAB_HTTP_PORT", "http_port", "8080", "collector's live page (/ and /report.json)", parse_port),
     Setting("SOCKLAB_BIND_PORT", "bind_port", "47000", "the client's explicit source port (tcp-bound)", parse_port),

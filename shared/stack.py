@@ -221,7 +221,7 @@ class Stack:
             return None
 
     def ingest_endpoint(self) -> str:
-        """Where a reporter on this host pushes records (with `keys`): the collector's published PULL port."""
+        """Where a reporter on this host pushes records (with `keys`): the collector's published ROUTER port."""
         return f"tcp://127.0.0.1:{self.published_port('collector', '5555/tcp')}"
 
     def wait_for_flow(self, flow_id: str, timeout: float = 10.0, both_ends: bool = True) -> Flow:
