@@ -127,13 +127,16 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+CHECK_FIGURES := $(VENV)/bin/python -m bench.figures --check README.md || echo "the README's figures table differs from bench/results.json: python -m bench.figures --write README.md"
+
 bench: venv ## same-run benchmark ratios (ingest, observing, echo vs asyncio, report latency) into bench/results.json; BENCH=one of them
 	$(VENV)/bin/python -m bench $(BENCH)
-	@$(VENV)/bin/python -m bench.figures --check README.md || echo "the README's figures table differs from bench/results.json: python -m bench.figures --write README.md"
+	@$(CHECK_FIGURES)
 
 .PHONY: bench-kill
 bench-kill: venv ## 10 SIGKILLs of the collector while 4 reporters send: sent, stored, lost, duplicates (bench/results.json "kill")
-	$(VENV)/bin/python bench/kill.py $(ARGS)
+	$(VENV)/bin/python -m bench.kill $(ARGS)
+	@$(CHECK_FIGURES)
 
 clean: down
 	rm -rf $(VENV)

@@ -16,7 +16,6 @@ Prints the figures and merges them as the "kill" object into bench/results.json 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -28,19 +27,16 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import zmq
 
+from bench.common import save
 from services.collector import Collector, bind, serve
 from services.store import Store
 from shared.collector_protocol import query_collector
 from shared.delivery import MessageKind
 from shared.record import Role
 from shared.reporter import Reporter
-
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def free_port() -> int:
@@ -49,7 +45,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def send(endpoint: str, name: str, seconds: float, rate: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def send(endpoint: str, name: str, seconds: float, rate: float, out: mp.Queue) -> None:
     """One reporter: `rate` records a second for `seconds`, then wait (up to 60 s) for every ack."""
     context = zmq.Context()
     reporter = Reporter(context, endpoint, name, resend_after=1.0)
@@ -93,7 +89,7 @@ class CollectorProcess:
     def start(self, context: zmq.Context) -> float:
         """Start it and wait until it answers; the seconds that took (its replay included)."""
         begun = time.monotonic()
-        command = [sys.executable, __file__, "--collector", self.store, self.ingest, self.query]
+        command = [sys.executable, "-m", "bench.kill", "--collector", self.store, self.ingest, self.query]
         self.process = subprocess.Popen(command)
         self.records(context, timeout=60)
         return time.monotonic() - begun
@@ -130,13 +126,6 @@ def count_store(path: str, reporters: set[str]) -> tuple[int, int]:
     return len(keys), sum(n - 1 for n in keys.values())
 
 
-def merge_results(kill: dict[str, Any]) -> None:
-    """Write the "kill" object into bench/results.json, keeping every other key."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["kill"] = kill
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
@@ -154,7 +143,7 @@ def main() -> None:
         collector = CollectorProcess(os.path.join(tmp, "records.bin"))
         collector.start(context)
         seconds = (args.kills + 1) * (args.every + 1.5)
-        out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+        out: mp.Queue = mp.Queue()
         senders = [
             mp.Process(target=send, args=(collector.ingest, f"r{n}", seconds, args.rate, out))
             for n in range(args.reporters)
@@ -190,7 +179,7 @@ def main() -> None:
         f"sent {sent}, stored {stored}, lost {kill['lost']}, duplicates {duplicates} "
         f"(dropped {kill['dropped']}, resent {kill['resent']}, restart {kill['restart_s_median']:.2f} s median)"
     )
-    merge_results(kill)
+    save({"kill": kill})
 
 
 if __name__ == "__main__":

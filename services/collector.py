@@ -179,19 +179,14 @@ class Collector:
         return held
 
     def account(self, message: Message | Entry, item: Record | Gap, natcheck: NatCheck | None) -> None:
-        """Note a stored message in the ledger, and index it if it is a record."""
-        with self.lock:
-            if isinstance(item, Gap):
-                self.ledger.add_gap(message.reporter, message.seq, item)
-                log.warning(
-                    "%s dropped %d records (numbers %d..%d): window full",
-                    item.service,
-                    item.count,
-                    item.first,
-                    item.last,
-                )
-                return
-            self.ledger.add(message.reporter, message.seq, item.service)
+        """Note a stored message in the ledger (only this thread writes it), and index it if it is a record."""
+        if isinstance(item, Gap):
+            self.ledger.add_gap(message.reporter, message.seq, item)
+            log.warning(
+                "%s dropped %d records (numbers %d..%d): window full", item.service, item.count, item.first, item.last
+            )
+            return
+        self.ledger.add(message.reporter, message.seq, item.service)
         self.keep(item, natcheck)
 
     def freeze(self) -> None:
@@ -249,7 +244,7 @@ class Collector:
                 lost=dict(self.ledger.lost),
                 gaps=tuple(
                     LostRange(gap.service, reporter.hex()[:8], gap.first, gap.last)
-                    for reporter, gap in self.ledger.gaps
+                    for reporter, gap in list(self.ledger.gaps)
                 ),
                 missing=self.ledger.missing(),
                 duplicates=self.ledger.duplicates,

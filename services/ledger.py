@@ -37,11 +37,13 @@ class Account:
 
     def missing(self) -> int:
         """Numbers below the highest seen that never arrived: records lost with no gap notice (so far)."""
-        return max(self.above) - self.upto - len(self.above) if self.above else 0
+        upto, above = self.upto, tuple(self.above)  # copies: the ingest thread may be adding meanwhile
+        return max(above) - upto - len(above) if above else 0
 
 
 class Ledger:
-    """Accounts of every reporter, the gaps they declared and the duplicates dropped."""
+    """Accounts of every reporter, the gaps they declared and the duplicates dropped; written by the ingest thread
+    only, read by others through copies."""
 
     def __init__(self) -> None:
         self.accounts: dict[bytes, Account] = {}
@@ -56,10 +58,11 @@ class Ledger:
 
     def add(self, reporter: bytes, seq: int, service: str) -> None:
         """Account for a stored message."""
-        if reporter == NO_REPORTER:
-            return
-        account = self.accounts.setdefault(reporter, Account())
-        account.service = account.service or service
+        account = self.accounts.get(reporter)
+        if account is None:
+            if reporter == NO_REPORTER:
+                return
+            account = self.accounts[reporter] = Account(service)
         account.add(seq)
 
     def add_gap(self, reporter: bytes, seq: int, gap: Gap) -> None:
@@ -75,6 +78,6 @@ class Ledger:
     def missing(self) -> dict[str, int]:
         """Per service, numbers skipped over with no gap notice: lost in transit, or not yet resent."""
         found: Counter[str] = Counter()
-        for account in self.accounts.values():
+        for account in list(self.accounts.values()):  # a copy: the ingest thread may be adding meanwhile
             found[account.service] += account.missing()
         return {service: n for service, n in found.items() if n}
