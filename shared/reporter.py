@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 10_000
 RESEND_AFTER = 5.0  # seconds a record may wait for its ack on a live connection before it is sent again
-COURIER_TICK = 0.1  # the courier's longest sleep: resends and a missed wake-up wait at most this long
+COURIER_TICK = 0.1  # the courier's longest sleep, when idle: resends wait at most this long
+BUSY_TICK = 0.005  # while records flow the courier wakes this often and takes all at once: no wake-up per record
+BUSY_FOR = 0.5  # seconds after the last record the courier stays on BUSY_TICK
 REJECT_RATE = 10.0  # refused inputs logged and reported a second, at most; the rest are only counted
 REJECT_BURST = 20
 
@@ -102,6 +104,8 @@ class Reporter:
         self._fresh: collections.deque[bytes] = collections.deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closing = threading.Event()
+        self._asleep = False  # the courier is in its long sleep: the next record wakes it
+        self._last_queued = 0.0
         self._broken_at: float | None = None  # when the connection broke, while it is broken
         self._dealer = connect_dealer(context, endpoint, window, keys)
         self._courier = threading.Thread(target=self._run_courier, name=f"reporter-{service}", daemon=True)
@@ -137,10 +141,12 @@ class Reporter:
         return True
 
     def _queue(self, seq: int, frame: bytes) -> None:
-        """Keep a frame until it is acknowledged and hand it to the courier, waking it if it may sleep."""
-        self._unacked[seq] = (frame, time.monotonic())
+        """Keep a frame until it is acknowledged and hand it to the courier, waking it only if it sleeps."""
+        self._last_queued = time.monotonic()
+        self._unacked[seq] = (frame, self._last_queued)
         self._fresh.append(frame)
-        if len(self._fresh) == 1:
+        if self._asleep:
+            self._asleep = False
             os.eventfd_write(self._wake, 1)
 
     def report_topology(self) -> bool:
@@ -216,19 +222,17 @@ class Reporter:
     def _run_courier(self) -> None:
         """Send, read acks and resend until closed; the only thread that touches the socket."""
         monitor = self._dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        poller = zmq.Poller()
+        idle, busy = zmq.Poller(), zmq.Poller()
         for sock in (self._dealer, self._wake, monitor):
-            poller.register(sock, zmq.POLLIN)
+            idle.register(sock, zmq.POLLIN)
+        busy.register(monitor, zmq.POLLIN)
         resend_at = time.monotonic() + self.resend_after
         try:
             while not self._closing.is_set():
-                ready = dict(poller.poll(int(COURIER_TICK * 1000)))
-                if self._wake in ready:
-                    os.eventfd_read(self._wake)
+                ready = self._wait(idle, busy)
                 if monitor in ready:
                     self._follow_connection(monitor)
-                if self._dealer in ready:
-                    self._take_acks()
+                self._take_acks()
                 self._send_fresh()
                 if self._broken_at is None and time.monotonic() >= resend_at:
                     self._resend(time.monotonic() - self.resend_after)
@@ -238,6 +242,21 @@ class Reporter:
         finally:
             monitor.close(linger=0)
             self._dealer.close(linger=0)
+
+    def _wait(self, idle: zmq.Poller, busy: zmq.Poller) -> dict[Any, int]:
+        """While records flow, a short sleep (acks and records are then taken in bulk); else a long one that an
+        ack, a connection event or the next record (through the eventfd) ends."""
+        if time.monotonic() - self._last_queued < BUSY_FOR:
+            return dict(busy.poll(int(BUSY_TICK * 1000)))
+        self._asleep = True
+        if self._fresh:  # queued after the check above, before the data path could see us asleep
+            self._asleep = False
+            return {}
+        ready = dict(idle.poll(int(COURIER_TICK * 1000)))
+        self._asleep = False
+        if self._wake in ready:
+            os.eventfd_read(self._wake)
+        return ready
 
     def _follow_connection(self, monitor: zmq.Socket) -> None:
         """Track the connection; on a reconnect, resend what was sent before the old one broke (it may have died
