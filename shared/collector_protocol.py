@@ -1,8 +1,8 @@
 """The collector's query protocol and its client: the one module the collector, `socklab report`,
 health checks and tests import to ask the collector anything.
 
-Records go in over ZeroMQ DEALER -> ROUTER, numbered and acknowledged (shared.delivery, shared.reporter). Queries are msgpack maps on
-REQ -> REP, one reply per query, always a map with "ok"; like records, only the stack's keys may ask
+Records go in over ZeroMQ DEALER -> ROUTER, numbered and acknowledged (shared.delivery, shared.reporter).
+Queries are msgpack maps on REQ -> REP, one reply per query, always a map with "ok"; like records, only the stack's keys may ask
 (CurveZMQ, shared.curve), since a report holds every name the stack saw:
   {"op": "ping"}                    -> {"ok": true, "records": n}
   {"op": "report", ...filters}      -> {"ok": true, ...the report (shared.report_model)...}
