@@ -2,8 +2,8 @@
 health checks and tests import to ask the collector anything.
 
 Records go in over ZeroMQ DEALER -> ROUTER, numbered and acknowledged (shared.delivery, shared.reporter).
-Queries are msgpack maps on REQ -> REP, one reply per query, always a map with "ok"; like records, only the stack's keys may ask
-(CurveZMQ, shared.curve), since a report holds every name the stack saw:
+Queries are msgpack maps on REQ -> REP, one reply per query, always a map with "ok"; like records, only
+the stack's keys may ask (CurveZMQ, shared.curve), since a report holds every name the stack saw:
   {"op": "ping"}                    -> {"ok": true, "records": n}
   {"op": "report", ...filters}      -> {"ok": true, ...the report (shared.report_model)...}
   {"op": "flows", "since": cursor, ...filters}
