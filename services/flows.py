@@ -15,8 +15,9 @@ Verdicts, comparing names folded by shared.names.endpoint (IPv4-mapped hosts unm
 - dnat:      only the destination changed
 - proxied:   both changed: the server's peer is another connection, as through a user-space proxy
 - hairpin:   both changed by one NAT that turned the flow back where it came from (the path says so)
-- two-nats:  both changed, the source by the client's NAT and the destination by the server's (a punched
-             hole between two NATs: the path names both routers)
+- two-nats:  rewritten by two NATs or more, as the path names them: the source by the client's NAT and
+             the destination by the server's (a punched hole between two NATs), or the source by two
+             (a home router behind a carrier-grade NAT)
 - unmatched: only one end reported
 - server-only: the client is not socklab's (nc, curl, a browser): echo reported its view alone, with
   the evidence it saw (records whose extra holds an "evidence" map), under a flow id of its own
@@ -30,7 +31,7 @@ from typing import Any
 from services.paths import Evidence
 from shared.names import Endpoint, Name, endpoint
 from shared.record import Method, Observation, Role
-from shared.report_model import ANY_CLIENT, Answer, Flow, FlowEnd, FlowVerdict, HopKind
+from shared.report_model import ANY_CLIENT, Answer, Flow, FlowEnd, FlowVerdict, Hop, HopKind
 
 LOCAL_PRIORITY = {Method.RECVMSG: 3, Method.RECVFROM: 3, Method.GETSOCKNAME: 2, Method.BIND: 1}
 REMOTE_PRIORITY = {
@@ -115,6 +116,11 @@ def judge(client: FlowEnd, server: FlowEnd) -> tuple[FlowVerdict, bool | None]:
     return FlowVerdict.PROXIED, port_preserved
 
 
+def routers_of(path: tuple[Hop, ...]) -> set[str]:
+    """The NATs that rewrote a flow (a proxy opens a connection of its own: no NAT)."""
+    return {hop.by for hop in path if hop.kind != HopKind.PROXY}
+
+
 def answer_of(client_records: list[Observation], server_records: list[Observation]) -> Answer | None:
     """A datagram answer's source and whether it arrived, apart from the request's path; None if none was sent."""
     sent = [obs for obs in server_records if obs.method == Method.SENDTO]
@@ -145,7 +151,7 @@ def join_flows(observations: Iterable[Observation], evidence: Evidence | None = 
         path = evidence.trace(first.proto, client, server, (min(times), max(times)))
         if verdict == FlowVerdict.PROXIED and any(hop.kind == HopKind.HAIRPIN for hop in path):
             verdict = FlowVerdict.HAIRPIN
-        if verdict == FlowVerdict.PROXIED and len({hop.by for hop in path if hop.kind != HopKind.PROXY}) == 2:
+        if verdict in (FlowVerdict.PROXIED, FlowVerdict.SNAT) and len(routers_of(path)) >= 2:
             verdict = FlowVerdict.TWO_NATS
         told = evidence_of(server_records)
         if client is None and told.get("client") == ANY_CLIENT:

@@ -1,11 +1,14 @@
 """A flow's path: who rewrote its names between the ends, told from the kernel's and Docker's own records.
 
-The router streams its conntrack events (services.conntrack_events); a flow is joined to the entry
-whose original tuple is the client's own name -> the client's destination and whose reply tuple is
-the server's own name -> the server's peer (IPv4-mapped names unmapped), the newest one alive at the
-flow's time. Where only one end reported, that end's tuple alone decides. Each rewrite the entry shows
-is a hop: the destination (DNAT, or hairpin when the source is rewritten too) before the source (SNAT),
-in the order netfilter applies them (PREROUTING, then POSTROUTING).
+The routers stream their conntrack events (services.conntrack_events); a flow is joined to the chain
+of entries that turns the client's own name -> its destination into the server's peer -> the server's
+own name (IPv4-mapped names unmapped): each entry crossed the way its original tuple goes (a rewrite)
+or its reply tuple goes (a rewrite undone, as by a packet let in through a hole another one punched),
+newest first among those alive at the flow's time. Two NATs in a row (a home router behind a CGN), a
+hole between two NATs and a CGN's hairpin are such chains. Where only one end reported, the chain goes
+as far as that end's names lead. Each rewrite an entry shows is a hop: the destination (DNAT, or
+hairpin when the source is rewritten too) before the source (SNAT), in the order netfilter applies
+them (PREROUTING, then POSTROUTING).
 
 Published ports are rewritten on the Docker host, which the collector cannot see; the host-side command
 (services.docker_facts) reports each binding, and a flow to a binding's host address that reached the
@@ -28,6 +31,9 @@ SLACK = 1.0
 Address = tuple[str, int]
 ANY_HOST = ("0.0.0.0", "::")  # a binding published on every host address serves whichever one the client used
 TupleKey = tuple[str, Address, Address]
+MAX_HOPS = 8  # entries one flow may cross (two NATs in a row, a CGN's hairpin, and room to spare)
+MAX_CANDIDATES = 4  # entries tried at each step, newest first: older ones are earlier flows of the same names
+REPLY_DIRECTION = " (the entry's reply direction)"
 
 
 @dataclass
@@ -108,56 +114,52 @@ class Evidence:
         """Every rewrite the evidence shows between a flow's ends, client side first."""
         if proto not in (Proto.TCP, Proto.UDP):
             return ()
-        entry = self.conntrack_entry(proto, client, server, window)
-        docker = self.docker_hops(proto, client, server)
-        if entry is None and not docker and client is not None and server is not None:
-            return self.two_router_hops(proto, client, server, window)
-        return docker + (router_hops(entry) if entry else ())
+        return self.docker_hops(proto, client, server) + self.router_path(proto, client, server, window)
 
-    def two_router_hops(
-        self, proto: Proto, client: FlowEnd, server: FlowEnd, window: tuple[float, float]
-    ) -> tuple[Hop, ...]:
-        """A flow between two NATs: the client's router rewrote its source, the server's router its destination."""
-        mine, theirs = ip_endpoint(client.sockname), ip_endpoint(client.peername)
-        arrived, seen = ip_endpoint(server.sockname), ip_endpoint(server.peername)
-        if not (mine and theirs and arrived and seen):
-            return ()
-        near = self.lan_side_entry(proto, (mine, theirs), window)
-        far = self.lan_side_entry(proto, (arrived, seen), window)
-        if near is None or far is None or near.service == far.service:
-            return ()
-        near_rule = "snat" if (source(near.original), destination(near.original)) == (mine, theirs) else "inbound"
-        far_rule = "snat" if (source(far.original), destination(far.original)) == (arrived, seen) else "inbound"
-        return (
-            side_hop(near, HopKind.SNAT, near_rule, mine, seen),
-            side_hop(far, HopKind.DNAT, far_rule, theirs, arrived),
-        )
-
-    def lan_side_entry(
-        self, proto: Proto, lan: tuple[Address, Address], window: tuple[float, float]
-    ) -> ConntrackEntry | None:
-        """The newest live entry that carried a LAN host's packets (`lan`: its name, the peer's) either way."""
-        key = (str(proto), *lan)
-        found = self.by_original.get(key, []) + self.by_reply.get(key, [])
-        alive = [entry for entry in found if entry.alive(*window)]
-        return max(alive, key=lambda entry: -math.inf if entry.born is None else entry.born, default=None)
-
-    def conntrack_entry(
+    def router_path(
         self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None, window: tuple[float, float]
-    ) -> ConntrackEntry | None:
-        """The newest entry alive at the flow's time whose tuples are both ends' names."""
+    ) -> tuple[Hop, ...]:
+        """The routers' rewrites: the chain of conntrack entries that turns one end's names into the other's."""
         mine, theirs = (ip_endpoint(client.sockname), ip_endpoint(client.peername)) if client else (None, None)
         arrived, seen = (ip_endpoint(server.sockname), ip_endpoint(server.peername)) if server else (None, None)
         if mine and theirs:
-            found = self.by_original.get((str(proto), mine, theirs), [])
-            if arrived and seen:
-                found = [e for e in found if source(e.reply) == arrived and destination(e.reply) == seen]
+            goal = (seen, arrived) if seen and arrived else None
+            steps = self.walk(str(proto), (mine, theirs), goal, window, frozenset())
         elif arrived and seen:
-            found = self.by_reply.get((str(proto), arrived, seen), [])
+            # Only the server reported: walk its answer (its own name -> its peer) back, each entry the other way.
+            back = self.walk(str(proto), (arrived, seen), None, window, frozenset()) or []
+            steps = [(entry, not forward) for entry, forward in reversed(back)]
         else:
-            return None
-        alive = [entry for entry in found if entry.alive(*window)]
-        return max(alive, key=lambda entry: -math.inf if entry.born is None else entry.born, default=None)
+            return ()
+        return tuple(hop for entry, forward in steps or () for hop in (router_hops if forward else reply_hops)(entry))
+
+    def walk(
+        self,
+        proto: str,
+        packet: tuple[Address, Address],
+        goal: tuple[Address, Address] | None,
+        window: tuple[float, float],
+        used: frozenset[int],
+    ) -> list[tuple[ConntrackEntry, bool]] | None:
+        """The entries a packet (source, destination) crosses until it looks as `goal` (None: as far as any go).
+
+        An entry is crossed forward (the packet is its original tuple) or backward (its reply tuple: the
+        rewrite undone); newest first, and a chain that cannot reach `goal` is no answer (None).
+        """
+        if packet == goal:
+            return []
+        found = [(e, True) for e in self.by_original.get((proto, *packet), [])]
+        found += [(e, False) for e in self.by_reply.get((proto, *packet), [])]
+        live = [(e, forward) for e, forward in found if e.alive(*window) and id(e) not in used]
+        live.sort(key=lambda step: -math.inf if step[0].born is None else step[0].born, reverse=True)
+        for entry, forward in live[:MAX_CANDIDATES]:
+            after = crossed(entry, forward)
+            if after == packet or len(used) >= MAX_HOPS:
+                continue
+            rest = self.walk(proto, after, goal, window, used | {id(entry)})
+            if rest is not None:
+                return [(entry, forward), *rest]
+        return [] if goal is None else None
 
     def docker_hops(self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None) -> tuple[Hop, ...]:
         """Docker's rewrites of a flow to a published port, from the newest binding that names both ends."""
@@ -223,13 +225,28 @@ def entry_evidence(entry: ConntrackEntry) -> dict:
     }
 
 
-def side_hop(entry: ConntrackEntry, kind: HopKind, rule: str, before: Address, after: Address) -> Hop:
-    """One router's rewrite of a flow between two NATs, by the rule whose entry carried it (either direction)."""
+def crossed(entry: ConntrackEntry, forward: bool) -> tuple[Address, Address]:
+    """A packet's (source, destination) after it crossed an entry: its reply tuple turned round, or its original."""
+    tup = entry.reply if forward else entry.original
+    return (destination(tup), source(tup))
+
+
+def reply_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
+    """The rewrites of a packet that crossed an entry the reply's way (a hole another packet punched): undone NAT."""
+    evidence = entry_evidence(entry)
     rules = entry.setup.get("rules", {})
-    text = rule_text(rules, "inbound-dnat" if rule == "inbound" else f"snat-{entry.family}")
-    if (rule == "snat") != (kind == HopKind.SNAT):
-        text += " (the entry's reply direction)"
-    return Hop(entry.service, kind, text, before, after, entry_evidence(entry))
+    dnat = destination(entry.original) != source(entry.reply)
+    snat = source(entry.original) != destination(entry.reply)
+    hops = []
+    if snat:
+        purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
+        text = rule_text(rules, purpose) + REPLY_DIRECTION
+        kind = HopKind.HAIRPIN if dnat else HopKind.DNAT
+        hops.append(Hop(entry.service, kind, text, destination(entry.reply), source(entry.original), evidence))
+    if dnat:
+        text = rule_text(rules, "hairpin-dnat" if snat else "inbound-dnat") + REPLY_DIRECTION
+        hops.append(Hop(entry.service, HopKind.SNAT, text, source(entry.reply), destination(entry.original), evidence))
+    return tuple(hops)
 
 
 def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:

@@ -51,11 +51,15 @@ CHAINS = {"SOCKLAB_PRE": "PREROUTING", "SOCKLAB_POST": "POSTROUTING"}
 # confirms them, as a home router's firewall does, so a peer's early punch leaves no entry whose tuple
 # would make the kernel move the LAN host's mapping to another port (RFC 5128 section 3.3).
 INPUT_CHAIN = "SOCKLAB_IN"
+# The filter table's chain for forwarded packets: LAN hosts on different access networks (a CGN's
+# subscribers) reach each other only through a rewrite (hairpin), never by their private names.
+FORWARD_CHAIN = "SOCKLAB_FWD"
 RESOLVE_TIMEOUT = 10.0  # the collector is started before the router (compose), its name may lag a moment
 # What each rule is for; the router's setup names them, so the collector can say which rule rewrote a flow.
 RULE_SNAT4, RULE_SNAT6, RULE_INBOUND = "snat-ipv4", "snat-ipv6", "inbound-dnat"
 RULE_HAIRPIN_DNAT, RULE_HAIRPIN_SNAT = "hairpin-dnat", "hairpin-snat"
 RULE_INPUT_DROP = "inbound-drop"
+RULE_ISOLATION4, RULE_ISOLATION6 = "isolation-ipv4", "isolation-ipv6"
 # The kernel's idle timeouts for UDP entries in this network namespace (compose's sysctls set them).
 UDP_TIMEOUTS = {
     "udp_timeout": Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout"),
@@ -117,7 +121,7 @@ def named_rules(nat: RouterSetup) -> dict[str, list[str]]:
             "--to-source",
             nat.wan_address,
         ]
-    # Last, so the NAT rules keep their places: a filter-table rule, whatever the behaviour.
+    # Last, so the NAT rules keep their places: filter-table rules, whatever the behaviour.
     rules[RULE_INPUT_DROP] = [
         "iptables",
         "-A",
@@ -131,6 +135,10 @@ def named_rules(nat: RouterSetup) -> dict[str, list[str]]:
         "-j",
         "DROP",
     ]
+    isolate = ["-A", FORWARD_CHAIN, "-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "DROP"]
+    rules[RULE_ISOLATION4] = ["iptables", *isolate[:2], "-s", lan, "-d", lan, *isolate[2:]]
+    if nat.lan6:
+        rules[RULE_ISOLATION6] = ["ip6tables", *isolate[:2], "-s", str(nat.lan6), "-d", str(nat.lan6), *isolate[2:]]
     return rules
 
 
@@ -140,14 +148,18 @@ def chain_setup(tool: str) -> list[list[str]]:
     for chain, parent in CHAINS.items():
         commands.append([tool, "-t", "nat", "-N", chain])
         commands.append([tool, "-t", "nat", "-A", parent, "-j", chain])
-    commands.append([tool, "-N", INPUT_CHAIN])
-    commands.append([tool, "-A", "INPUT", "-j", INPUT_CHAIN])
+    for chain, parent in ((INPUT_CHAIN, "INPUT"), (FORWARD_CHAIN, "FORWARD")):
+        commands.append([tool, "-N", chain])
+        commands.append([tool, "-A", parent, "-j", chain])
     return commands
 
 
 def chain_flush(tool: str) -> list[list[str]]:
     """Empty socklab's chains before a new behaviour goes in."""
-    return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS] + [[tool, "-F", INPUT_CHAIN]]
+    return [[tool, "-t", "nat", "-F", chain] for chain in CHAINS] + [
+        [tool, "-F", INPUT_CHAIN],
+        [tool, "-F", FORWARD_CHAIN],
+    ]
 
 
 def find_wan_address(network: ipaddress.IPv4Network, ctl: str | None = None) -> str:
@@ -248,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     wan_address = find_wan_address(args.lan, collector_source(cfg.collector))
     nat = RouterSetup(args.mode, args.filter, args.hairpin, args.lan, args.lan6, wan_address, args.dmz)
     check_udp_timeouts({"udp_timeout": cfg.router_udp_timeout, "udp_timeout_stream": cfg.router_udp_stream_timeout})
+    if not args.apply:  # before the rules and the ready file: no flow it lets through goes unrecorded
+        stream_conntrack(cfg.collector, cfg.service, cfg.node)
     apply(nat, first_time=not args.apply, service=cfg.service)
     log.info("router: %s mapping, %s filtering, hairpin %s", nat.mode, nat.filtering, "on" if nat.hairpin else "off")
     if not args.apply:
-        stream_conntrack(cfg.collector, cfg.service, cfg.node)
         threading.Event().wait()

@@ -231,6 +231,17 @@ SETTINGS = (
     ),
     Setting("NAT_HAIRPIN2", "nat_hairpin2", "off", "router2 (lan2's NAT): its NAT_HAIRPIN", parse_switch),
     Setting(
+        "NAT_MODE_CGN", "nat_mode_cgn", NatMode.CONE, "cgn (TOPOLOGY=cgn's carrier NAT): its NAT_MODE", parse_nat_mode
+    ),
+    Setting(
+        "NAT_FILTER_CGN",
+        "nat_filter_cgn",
+        Behaviour.ADDRESS_AND_PORT_DEPENDENT,
+        "cgn (TOPOLOGY=cgn's carrier NAT): its NAT_FILTER",
+        parse_router_filter,
+    ),
+    Setting("NAT_HAIRPIN_CGN", "nat_hairpin_cgn", "on", "cgn: its NAT_HAIRPIN (RFC 6888 REQ-9: on)", parse_switch),
+    Setting(
         "SOCKLAB_LAN_SUBNET", "lan_subnet", "192.168.50.0/24", "router: the LAN it masquerades", parse_ipv4_network
     ),
     Setting(
@@ -290,6 +301,9 @@ class Config:
     nat_mode2: NatMode
     nat_filter2: Behaviour
     nat_hairpin2: bool
+    nat_mode_cgn: NatMode
+    nat_filter_cgn: Behaviour
+    nat_hairpin_cgn: bool
     lan_subnet: ipaddress.IPv4Network
     lan6_subnet: ipaddress.IPv6Network | None
     dmz: ipaddress.IPv4Address | None

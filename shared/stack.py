@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = CHECKOUT / "docker-compose.yml"
+# TOPOLOGY=cgn: a carrier-grade NAT, a home router behind it and two clients, added to the stack's file.
+CGN_FILE = CHECKOUT / "docker-compose.cgn.yml"
 IMAGE = "socklab:latest"
 PROBE_LABEL = "socklab.probe"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -103,8 +105,8 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
 class Stack:
     """A socklab compose project on this host: started here or attached to, and questioned through Docker."""
 
-    def __init__(self, project: str, compose_file: Path = COMPOSE_FILE) -> None:
-        self.project, self.compose_file = project, compose_file
+    def __init__(self, project: str, compose_file: Path = COMPOSE_FILE, overrides: tuple[Path, ...] = ()) -> None:
+        self.project, self.compose_file, self.overrides = project, compose_file, overrides
         self.docker = DockerClient.from_env()
         self.context = zmq.Context()
         self.started = False
@@ -128,7 +130,8 @@ class Stack:
     def compose(self, *args: str) -> str:
         """Run Docker Compose on the stack's file and project and return its output; fail with what it said."""
         command = [*compose_command(self.compose_file), "--project-name", self.project]
-        command += ["--file", str(self.compose_file), *args]
+        command += [arg for path in (self.compose_file, *self.overrides) for arg in ("--file", str(path))]
+        command += args
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}")

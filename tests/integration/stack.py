@@ -4,7 +4,9 @@ plugin's session): scripts run inside containers, comparing hosts and entries.""
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -56,3 +58,39 @@ def report_docker_facts(stack: Stack) -> None:
     """Have `socklab docker-facts` report the stack's published-port bindings, with the host's keys."""
     endpoint = stack.ingest_endpoint()
     docker_facts.main(["--project", stack.project, "--quiet", "--collector", endpoint, "--keys", stack.keys])
+
+
+def punch(stack: Stack, *args: str, service: str = "client-lan", env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`socklab punch ARGS` in a client's container: its exit status and what it printed."""
+    code, output = stack.container(service).exec_run(["socklab", "punch", *args], user="socklab", environment=env)
+    return code, output.decode(errors="replace")
+
+
+def last_json(output: str) -> dict[str, Any]:
+    """The JSON line `--json` printed (log lines go to stderr, which exec_run merges)."""
+    printed: dict[str, Any] = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    return printed
+
+
+def address(name: list[Any]) -> tuple[str, int]:
+    """A name as `--json` prints it ([host, port]), as conntrack's tuples hold it."""
+    return str(name[0]), int(name[1])
+
+
+def entry_between(entries: list[ConntrackEntry], inside: tuple[str, int], outside: tuple[str, int]) -> ConntrackEntry:
+    """The one entry that carried a LAN host's packets to the peer, whichever direction made it."""
+    found = [
+        e
+        for e in entries
+        if ((e.src, e.sport), (e.dst, e.dport)) == (inside, outside)
+        or ((e.reply_src, e.reply_sport), (e.reply_dst, e.reply_dport)) == (inside, outside)
+    ]
+    assert len(found) == 1, f"expected one entry for {inside} <-> {outside}, found {found}"
+    return found[0]
+
+
+def outside_name(entry: ConntrackEntry, inside: tuple[str, int]) -> tuple[str, int]:
+    """The name the LAN host's packets left the router with, as the entry records it."""
+    if (entry.src, entry.sport) == inside:
+        return entry.reply_dst, entry.reply_dport
+    return entry.dst, entry.dport

@@ -70,6 +70,9 @@ def test_every_variable_is_read_and_parsed() -> None:
         "NAT_MODE2": "symmetric",
         "NAT_FILTER2": "endpoint-independent",
         "NAT_HAIRPIN2": "on",
+        "NAT_MODE_CGN": "symmetric",
+        "NAT_FILTER_CGN": "endpoint-independent",
+        "NAT_HAIRPIN_CGN": "off",
         "SOCKLAB_LAN_SUBNET": "10.1.0.0/16",
         "SOCKLAB_LAN6_SUBNET": "",
         "SOCKLAB_DMZ": "10.1.0.20",
@@ -96,6 +99,11 @@ def test_every_variable_is_read_and_parsed() -> None:
         NatMode.SYMMETRIC,
         Behaviour.ENDPOINT_INDEPENDENT,
         True,
+    )
+    assert (cfg.nat_mode_cgn, cfg.nat_filter_cgn, cfg.nat_hairpin_cgn) == (
+        NatMode.SYMMETRIC,
+        Behaviour.ENDPOINT_INDEPENDENT,
+        False,
     )
     assert (cfg.lan_subnet, cfg.lan6_subnet) == (ipaddress.IPv4Network("10.1.0.0/16"), None)
     assert (cfg.dmz, cfg.log_level) == (ipaddress.IPv4Address("10.1.0.20"), "DEBUG")

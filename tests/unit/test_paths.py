@@ -487,3 +487,79 @@ def test_a_server_only_flow_from_elsewhere_gets_no_docker_hop() -> None:
     dnat = binding(mechanism=Mechanism.DOCKER_DNAT, proxy_pid=None, proxy_command=())
     for evidence in (Evidence(), Evidence(bindings=[binding(gateway="198.51.100.254")]), Evidence(bindings=[dnat])):
         assert only_flow(server_only_published_flow(), evidence).path == ()
+
+
+# A carrier-grade NAT (TOPOLOGY=cgn): client-home behind home-router behind cgn; client-cgn behind cgn only.
+H_LAN, H_CGN, H_PUB = ("192.168.70.20", 41000), ("100.64.1.10", 41000), ("198.51.100.6", 41000)
+C_LAN, C_PUB = ("100.64.2.20", 52000), ("198.51.100.6", 52000)
+
+
+def at(router: str, entry: ConntrackEvent) -> ConntrackEvent:
+    """An event as another router streamed it."""
+    return ConntrackEvent(**{**entry.__dict__, "service": router, "host": f"{router}-host"})
+
+
+def test_a_flow_through_a_home_router_and_a_cgn_is_two_nats_with_both_snat_hops_in_order() -> None:
+    home = at("home-router", event(original=(H_LAN, ECHO), reply=(ECHO, H_CGN), conntrack_id=1))
+    cgn = at("cgn", event(original=(H_CGN, ECHO), reply=(ECHO, H_PUB), conntrack_id=2))
+    flow = only_flow(tcp_flow(client=H_LAN, server_peer=H_PUB, server_me=ECHO), Evidence([cgn, home]))
+    assert flow.verdict == FlowVerdict.TWO_NATS and flow.port_preserved
+    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+        ("home-router", HopKind.SNAT, H_LAN, H_CGN),
+        ("cgn", HopKind.SNAT, H_CGN, H_PUB),
+    ]
+
+
+def test_a_chain_that_does_not_reach_the_servers_names_explains_nothing() -> None:
+    home = at("home-router", event(original=(H_LAN, ECHO), reply=(ECHO, H_CGN), conntrack_id=1))
+    flow = only_flow(tcp_flow(client=H_LAN, server_peer=H_PUB, server_me=ECHO), Evidence([home]))
+    assert flow.verdict == FlowVerdict.SNAT and flow.path == ()
+
+
+def test_a_server_only_flow_walks_back_through_both_nats() -> None:
+    home = at("home-router", event(original=(H_LAN, ECHO), reply=(ECHO, H_CGN), conntrack_id=1))
+    cgn = at("cgn", event(original=(H_CGN, ECHO), reply=(ECHO, H_PUB), conntrack_id=2))
+    records = [r for r in tcp_flow(client=H_LAN, server_peer=H_PUB, server_me=ECHO) if r.role == Role.SERVER]
+    flow = only_flow(records, Evidence([home, cgn]))
+    assert [(h.by, h.before, h.after) for h in flow.path] == [("home-router", H_LAN, H_CGN), ("cgn", H_CGN, H_PUB)]
+
+
+def cgn_hairpin() -> Evidence:
+    """client-home's punch to client-cgn's public name, turned back inside the cgn to client-cgn (its DMZ)."""
+    hairpin_source = ("198.51.100.6", 53618)  # the hairpin's SNAT could not keep 41000: the port may change
+    home = at("home-router", event(original=(H_LAN, C_PUB), reply=(C_PUB, H_CGN), proto=Proto.UDP, conntrack_id=1))
+    cgn = at("cgn", event(original=(H_CGN, C_PUB), reply=(C_LAN, hairpin_source), proto=Proto.UDP, conntrack_id=2))
+    return Evidence([home, cgn])
+
+
+def test_a_hairpin_inside_the_cgn_names_the_home_router_and_the_cgns_turn() -> None:
+    records = [
+        observed(Role.CLIENT, "sendto", remote=C_PUB, proto=Proto.UDP),
+        observed(Role.CLIENT, "getsockname", local=H_LAN, proto=Proto.UDP, extra={"scenario": "punch-udp"}),
+        observed(Role.SERVER, "recvfrom", remote=("198.51.100.6", 53618), proto=Proto.UDP),
+        observed(Role.SERVER, "getsockname", local=C_LAN, proto=Proto.UDP),
+    ]
+    flow = only_flow(records, cgn_hairpin())
+    assert flow.verdict == FlowVerdict.HAIRPIN
+    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+        ("home-router", HopKind.SNAT, H_LAN, H_CGN),
+        ("cgn", HopKind.HAIRPIN, C_PUB, C_LAN),
+        ("cgn", HopKind.SNAT, H_CGN, ("198.51.100.6", 53618)),
+    ]
+
+
+def test_the_other_way_through_the_same_hairpin_crosses_both_entries_as_replies() -> None:
+    records = [
+        observed(Role.CLIENT, "sendto", remote=("198.51.100.6", 53618), proto=Proto.UDP),
+        observed(Role.CLIENT, "getsockname", local=C_LAN, proto=Proto.UDP, extra={"scenario": "punch-udp"}),
+        observed(Role.SERVER, "recvfrom", remote=C_PUB, proto=Proto.UDP),
+        observed(Role.SERVER, "getsockname", local=H_LAN, proto=Proto.UDP),
+    ]
+    flow = only_flow(records, cgn_hairpin())
+    assert flow.verdict == FlowVerdict.HAIRPIN
+    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+        ("cgn", HopKind.HAIRPIN, ("198.51.100.6", 53618), H_CGN),
+        ("cgn", HopKind.SNAT, C_LAN, C_PUB),
+        ("home-router", HopKind.DNAT, H_CGN, H_LAN),
+    ]
+    assert all("reply direction" in hop.rule for hop in flow.path)

@@ -32,16 +32,18 @@ def test_cone_masquerades_lan_for_both_families() -> None:
         "iptables -t nat -A SOCKLAB_POST -s 192.168.50.0/24 ! -d 192.168.50.0/24 -j MASQUERADE",
         "ip6tables -t nat -A SOCKLAB_POST -s fd00:50::/64 ! -d fd00:50::/64 -j MASQUERADE",
         "iptables -A SOCKLAB_IN -d 198.51.100.2 -m conntrack --ctstate NEW -j DROP",
+        "iptables -A SOCKLAB_FWD -s 192.168.50.0/24 -d 192.168.50.0/24 -m conntrack ! --ctstate DNAT -j DROP",
+        "ip6tables -A SOCKLAB_FWD -s fd00:50::/64 -d fd00:50::/64 -m conntrack ! --ctstate DNAT -j DROP",
     ]
 
 
 def test_no_ipv6_lan_masquerades_ipv4_only() -> None:
-    assert [r[0] for r in nat_rules(behaviour(lan6=None))] == ["iptables", "iptables"]
+    assert [r[0] for r in nat_rules(behaviour(lan6=None))] == ["iptables", "iptables", "iptables"]
 
 
 def test_symmetric_randomizes_every_mapping() -> None:
     rules = nat_rules(behaviour(mode=NatMode.SYMMETRIC))
-    assert len(rules) == 3 and all(r[-1] == "--random-fully" for r in rules[:2])
+    assert len(rules) == 5 and all(r[-1] == "--random-fully" for r in rules[:2])
 
 
 def test_full_cone_and_hairpin_forward_to_the_dmz_host() -> None:
