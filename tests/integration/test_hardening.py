@@ -18,6 +18,11 @@ CAPABILITIES = {
     "router2": {"NET_ADMIN"},
     "client-lan": ROOT_THEN_SOCKLAB,
     "client-lan2": ROOT_THEN_SOCKLAB,
+    # TOPOLOGY=cgn's (docker-compose.cgn.yml), when a stack is started with them
+    "cgn": {"NET_ADMIN"},
+    "home-router": {"NET_ADMIN"},
+    "client-home": ROOT_THEN_SOCKLAB,
+    "client-cgn": ROOT_THEN_SOCKLAB,
 }
 CAP_NUMBERS = {"SETGID": 6, "SETUID": 7, "NET_ADMIN": 12}
 MEMORY_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
