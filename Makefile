@@ -21,8 +21,8 @@ BROWSER_PACKAGES := chromium chromium-driver
 .PHONY: up down report page json logs test unit integration lint bench base image compose venv clean natcheck published browser cases lifetime punch-matrix node-image swarm-up swarm-down swarm-report swarm-cases
 
 up: image venv ## build the image, start the stack (TOPOLOGY=cgn: with a carrier-grade NAT), wait until every service is ready, print the report
-	@start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
-	  $(COMPOSE) exec -T collector socklab health $$($(COMPOSE) config --services) && \
+	@services=$$($(COMPOSE) config --services) && start=$$(date +%s%N) && $(COMPOSE) up --detach --no-build && \
+	  $(COMPOSE) exec -T collector socklab health $$services && \
 	  echo "stack healthy in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
 	@$(VENV)/bin/python -m services docker-facts --quiet  # Docker's published ports, so flows through them get their hops
 	@$(MAKE) --no-print-directory report page

@@ -63,6 +63,9 @@ MAX_PORTS = 16
 MAX_REGISTRATIONS = 4096
 REGISTRATION_TTL = 24 * 3600.0
 RENEW_EVERY = REGISTRATION_TTL / 4  # a registrant's renewals: three may fail before its registration expires
+# Registering while the registry starts beside us (make up starts every service at once): an address no
+# container holds yet does not refuse, its ARP resolution just fails after 3 s, so each try gives up early.
+REGISTER_RETRY_TIMEOUT, REGISTER_RETRY_INTERVAL = 0.25, 0.05  # 200 tries: about a minute
 PAGE_BYTES = MAX_FRAME - 1024  # a list page's registrations, leaving room for the reply around them
 
 
@@ -278,16 +281,16 @@ def connect(
 
 
 def register(
-    address: tuple[str, int], name: str, ports: dict[str, Any], reporter: Reporter, *, attempts: int = 50
+    address: tuple[str, int], name: str, ports: dict[str, Any], reporter: Reporter, *, attempts: int = 200
 ) -> Name:
     """Register `name`, retrying while the registry is not up yet; the name the registry observed."""
     payload = {"op": RegistryOp.REGISTER.value, "name": name, "ports": ports}
     for _ in range(attempts - 1):
         try:
-            return observed_name(request(address, payload, reporter))
+            return observed_name(request(address, payload, reporter, timeout=REGISTER_RETRY_TIMEOUT))
         except OSError as exc:
             log.info("registry %s not reachable yet: %s", address, exc)
-            time.sleep(0.2)
+            time.sleep(REGISTER_RETRY_INTERVAL)
     return observed_name(request(address, payload, reporter))
 
 
