@@ -27,10 +27,12 @@ import zmq
 from docker.errors import DockerException
 
 import docker
+from services.paths import ANY_HOST, DOCKER_DNAT, dnat_rule
 from shared.config import load_config
-from shared.docker_host import DockerProxy, engine_name, fetch_host_keys, list_docker_proxies
+from shared.conntrack import ConntrackEntry
+from shared.docker_host import DockerProxy, engine_name, fetch_host_keys, host_conntrack, list_docker_proxies
 from shared.names import format_name
-from shared.record import DockerBinding, Mechanism, Proto
+from shared.record import ConntrackEvent, ConntrackEventType, ConntrackTuple, DockerBinding, Family, Mechanism, Proto
 from shared.reporter import Reporter
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,44 @@ def bindings_of(
     return bindings
 
 
+def dnat_events(
+    bindings: Iterable[DockerBinding], entries: Iterable[ConntrackEntry], host: str
+) -> list[ConntrackEvent]:
+    """The host kernel's entries Docker's DNAT made for a binding (the host's own connections to a published
+    address, or any without the userland proxy), as listed records: what a flow only echo reported is joined to."""
+    events = []
+    for entry in entries:
+        target = (canonical(entry.reply_src), entry.reply_sport)
+        for binding in bindings:
+            published = binding.host_ip in ANY_HOST or canonical(entry.dst) == binding.host_ip
+            if (
+                entry.proto == binding.proto
+                and published
+                and entry.dport == binding.host_port
+                and target == (binding.container_ip, binding.container_port)
+                and (canonical(entry.dst), entry.dport) != target
+            ):
+                events.append(listed_event(entry, binding, host))
+                break
+    return events
+
+
+def listed_event(entry: ConntrackEntry, binding: DockerBinding, host: str) -> ConntrackEvent:
+    """One DNAT'ed host entry as a conntrack record: its tuples, and Docker's rule as the setup that explains it."""
+    setup = {"rules": {"inbound-dnat": dnat_rule(binding)}, "wan_address": binding.host_ip, "network": binding.network}
+    return ConntrackEvent(
+        service=DOCKER_DNAT,
+        host=host,
+        event=ConntrackEventType.LISTED,
+        id=entry.id or 0,
+        proto=Proto(entry.proto),
+        family=Family.IPV6 if ":" in entry.src else Family.IPV4,
+        original=ConntrackTuple(entry.src, entry.dst, entry.sport, entry.dport),
+        reply=ConntrackTuple(entry.reply_src, entry.reply_dst, entry.reply_sport, entry.reply_dport),
+        setup=setup,
+    )
+
+
 def project_containers(client: docker.DockerClient, project: str) -> list[Any]:
     """The compose project's running containers."""
     return client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
@@ -124,6 +164,15 @@ def collector_endpoint(collector: Any) -> str:
         host = canonical(binding["HostIp"] or "127.0.0.1")
         return f"tcp://{format_name((host, int(binding['HostPort'])))}"
     raise LookupError("the project's collector has no published port 5555")
+
+
+def read_host_conntrack() -> list[ConntrackEntry]:
+    """The host's conntrack table, or none where this user may not read it (said once, in the log)."""
+    try:
+        return host_conntrack()
+    except OSError as exc:
+        log.warning("the host's conntrack table is unreadable, no docker-dnat entries reported: %s", exc)
+        return []
 
 
 def format_binding(binding: DockerBinding) -> str:
@@ -163,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
             reporter.report(binding)
             if not args.quiet:
                 print(format_binding(binding))
+        for event in dnat_events(bindings, read_host_conntrack(), socket.gethostname()):
+            reporter.report(event)
+            if not args.quiet:
+                print(f"{DOCKER_DNAT}: {event.proto} {event.original.to_wire()} -> {event.reply.to_wire()}")
     finally:
         reporter.close()
         context.term()

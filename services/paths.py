@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.names import Name, endpoint
+from shared.names import Name, endpoint, format_name
 from shared.record import ConntrackEvent, ConntrackEventType, ConntrackTuple, DockerBinding, Family, Mechanism, Proto
 from shared.report_model import FlowEnd, Hop, HopKind
 
@@ -34,6 +34,7 @@ TupleKey = tuple[str, Address, Address]
 MAX_HOPS = 8  # entries one flow may cross (two NATs in a row, a CGN's hairpin, and room to spare)
 MAX_CANDIDATES = 4  # entries tried at each step, newest first: older ones are earlier flows of the same names
 REPLY_DIRECTION = " (the entry's reply direction)"
+DOCKER_DNAT = "docker-dnat"  # who rewrote a flow at a published port in the host's kernel (not its proxy)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def entries_from(events: Iterable[ConntrackEvent]) -> list[ConntrackEntry]:
             entries[key] = entry
         if event.event == ConntrackEventType.NEW:
             entry.born, entry.setup = event.time, event.setup
-        else:
+        elif event.event == ConntrackEventType.DESTROY:
             entry.died = event.time
     return list(entries.values())
 
@@ -114,7 +115,10 @@ class Evidence:
         """Every rewrite the evidence shows between a flow's ends, client side first."""
         if proto not in (Proto.TCP, Proto.UDP):
             return ()
-        return self.docker_hops(proto, client, server) + self.router_path(proto, client, server, window)
+        routers = self.router_path(proto, client, server, window)
+        if client is None and any(hop.by == DOCKER_DNAT for hop in routers):
+            return routers  # the host's own entry says Docker's DNAT carried it: no guess at a proxy
+        return self.docker_hops(proto, client, server) + routers
 
     def router_path(
         self, proto: Proto, client: FlowEnd | None, server: FlowEnd | None, window: tuple[float, float]
@@ -273,6 +277,14 @@ def rule_text(rules: object, purpose: str) -> str:
     return rule if isinstance(rule, str) else f"({purpose}: no such rule in the router's setup)"
 
 
+def dnat_rule(binding: DockerBinding) -> str:
+    """Docker's DNAT rule for a binding, as the host's nat table has it."""
+    return (
+        f"DOCKER -p {binding.proto} -d {binding.host_ip} --dport {binding.host_port} "
+        f"-j DNAT --to-destination {format_name((binding.container_ip, binding.container_port))}"
+    )
+
+
 def binding_hops(binding: DockerBinding, theirs: Address, mine: Address, seen: Address) -> tuple[Hop, ...]:
     """A proxy hop for a docker-proxy binding; a DNAT hop, and a masquerade hop if the source changed, otherwise."""
     published = (binding.host_ip, binding.host_port) if binding.host_ip not in ANY_HOST else theirs
@@ -293,11 +305,7 @@ def binding_hops(binding: DockerBinding, theirs: Address, mine: Address, seen: A
             return ()
         rule = " ".join(binding.proxy_command) or "docker-proxy"
         return (Hop("docker-proxy", HopKind.PROXY, rule, published, seen, evidence),)
-    rule = (
-        f"DOCKER -p {binding.proto} -d {binding.host_ip} --dport {binding.host_port} "
-        f"-j DNAT --to-destination {binding.container_ip}:{binding.container_port}"
-    )
-    hops = [Hop("docker-dnat", HopKind.DNAT, rule, published, target, evidence)]
+    hops = [Hop(DOCKER_DNAT, HopKind.DNAT, dnat_rule(binding), published, target, evidence)]
     if seen != mine:
         rule = f"POSTROUTING -j MASQUERADE (to {binding.network}'s gateway {binding.gateway})"
         hops.append(Hop("docker-masquerade", HopKind.SNAT, rule, mine, seen, evidence))

@@ -251,10 +251,12 @@ class RecordKind(StrEnum):
 
 
 class ConntrackEventType(StrEnum):
-    """The conntrack events the router streams: an entry made, an entry gone."""
+    """The conntrack events the router streams: an entry made, an entry gone; and an entry seen in a listing
+    (the Docker host's table, read by `socklab docker-facts`), alive then, its birth unknown."""
 
     NEW = "new"
     DESTROY = "destroy"
+    LISTED = "listed"
 
 
 @dataclass(frozen=True)

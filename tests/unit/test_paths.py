@@ -11,8 +11,10 @@ import pytest
 
 from services.collector import Collector, Store
 from services.conntrack_events import parse_event, stream_events
+from services.docker_facts import dnat_events
 from services.flows import join_flows
 from services.paths import Evidence
+from shared.conntrack import parse_conntrack
 from shared.record import (
     ConntrackEvent,
     ConntrackEventType,
@@ -563,3 +565,33 @@ def test_the_other_way_through_the_same_hairpin_crosses_both_entries_as_replies(
         ("home-router", HopKind.DNAT, H_CGN, H_LAN),
     ]
     assert all("reply direction" in hop.rule for hop in flow.path)
+
+
+# The host to echo's port published on wan's gateway: Docker's DNAT in the host's kernel (no proxy for the host's
+# own packets), as `socklab docker-facts` lists it from the host's conntrack table.
+WAN_GATEWAY, ON_GATEWAY = "198.51.100.1", ("198.51.100.1", 7007)
+
+
+def test_a_server_only_flow_dnated_by_docker_names_the_hosts_entry_not_the_proxy() -> None:
+    table = parse_conntrack(
+        "tcp      6 431999 ESTABLISHED src=198.51.100.1 dst=198.51.100.1 sport=51000 dport=7007 "
+        "src=198.51.100.10 dst=198.51.100.1 sport=7007 dport=51000 [ASSURED] mark=0 use=1\n"
+        "tcp      6 431999 ESTABLISHED src=198.51.100.20 dst=198.51.100.1 sport=52000 dport=7007 "
+        "src=198.51.100.1 dst=198.51.100.20 sport=7007 dport=52000 [ASSURED] mark=0 use=1\n"
+    )
+    proxy = binding(host_ip=WAN_GATEWAY, host_port=7007, gateway=WAN_GATEWAY)
+    [listed] = dnat_events([proxy], table, "buildhost")
+    assert listed.event == ConntrackEventType.LISTED and listed.service == "docker-dnat"
+    assert listed.setup["rules"]["inbound-dnat"] == (
+        "DOCKER -p tcp -d 198.51.100.1 --dport 7007 -j DNAT --to-destination 198.51.100.10:7007"
+    )
+    records = [
+        observed(Role.SERVER, "accept", remote=("::ffff:198.51.100.1", 51000, 0, 0), time=500.0),
+        observed(Role.SERVER, "getsockname", local=ECHO_MAPPED, time=500.0),
+    ]
+    flow = only_flow(records, Evidence([listed], [proxy]))
+    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+        ("docker-dnat", HopKind.DNAT, ON_GATEWAY, ECHO),
+    ]
+    without = only_flow(records, Evidence([], [proxy]))
+    assert [h.by for h in without.path] == ["docker-proxy"], "without the host's entry: the proxy, as before"
