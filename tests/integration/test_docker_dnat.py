@@ -5,8 +5,6 @@ OUTPUT). Its hop comes from the host's conntrack table, which `socklab docker-fa
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +12,8 @@ from shared.docker_host import host_conntrack
 from shared.names import Name, unmap_host
 from shared.polling import wait_for
 from shared.report_model import Flow, FlowVerdict, HopKind
-from shared.stack import CHECKOUT, Stack
+from shared.stack import Stack
+from tests.integration.stack import report_docker_facts
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +32,7 @@ def test_the_hosts_connection_to_the_gateways_published_port_gets_docker_dnats_h
         me = sock.getsockname()
         [entry] = [e for e in host_conntrack() if e.proto == "tcp" and (e.src, e.sport) == me]
         assert ((entry.dst, entry.dport), (entry.reply_src, entry.reply_sport)) == ((gateway, 7007), echo), entry
-        facts = [sys.executable, "-m", "services", "docker-facts", "--project", stack.project, "--quiet"]
-        subprocess.run([*facts, "--collector", stack.ingest_endpoint()], check=True, cwd=CHECKOUT, timeout=30)
+        report_docker_facts(stack)
 
         def dnated() -> Flow | None:
             for flow in stack.report().flows:
