@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import zmq
 
@@ -34,6 +35,7 @@ from bench.common import save
 from services.collector import Collector, bind, serve
 from services.store import Store
 from shared.collector_protocol import query_collector
+from shared.curve import make_keys
 from shared.delivery import MessageKind
 from shared.record import Role
 from shared.reporter import Reporter
@@ -140,6 +142,9 @@ def main() -> None:
         return
     context = zmq.Context()
     with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp) / "keys"
+        make_keys(keys)
+        os.environ["SOCKLAB_KEYS"] = str(keys)  # the collector and the reporters speak CurveZMQ, as in a stack
         collector = CollectorProcess(os.path.join(tmp, "records.bin"))
         collector.start(context)
         seconds = (args.kills + 1) * (args.every + 1.5)
