@@ -197,20 +197,7 @@ def test_report_command_prints_the_collectors_report_as_json_and_as_a_table(
     main(["--json", "--query", live_collector.query])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(live_collector.collector.report().to_wire()))
-    assert list(printed) == [
-        "flows",
-        "methods",
-        "records",
-        "rejected",
-        "service_rejects",
-        "drops",
-        "natchecks",
-        "lost",
-        "gaps",
-        "missing",
-        "duplicates",
-        "refused",
-    ]
+    assert list(printed) == list(live_collector.collector.report().to_wire())  # the order test_report_model fixes
     assert Report.from_wire(printed) == live_collector.collector.report()
     main(["--query", live_collector.query])
     assert capsys.readouterr().out == format_table(live_collector.collector.report()) + "\n"
