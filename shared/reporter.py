@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 10_000
 RESEND_AFTER = 5.0  # seconds a record may wait for its ack on a live connection before it is sent again
-COURIER_TICK = 0.1  # the courier's longest sleep, when idle: resends wait at most this long
+COURIER_TICK = 0.1  # the courier's longest sleep while records await an ack: resends wait at most this long
 BUSY_TICK = 0.005  # while records flow the courier wakes this often and takes all at once: no wake-up per record
 BUSY_FOR = 0.5  # seconds after the last record the courier stays on BUSY_TICK
 REJECT_RATE = 10.0  # refused inputs logged and reported a second, at most; the rest are only counted
@@ -245,14 +245,15 @@ class Reporter:
 
     def _wait(self, idle: zmq.Poller, busy: zmq.Poller) -> dict[Any, int]:
         """While records flow, a short sleep (acks and records are then taken in bulk); else a long one that an
-        ack, a connection event or the next record (through the eventfd) ends."""
+        ack, a connection event or the next record (through the eventfd) ends: with nothing awaiting an ack there
+        is nothing to resend, so an idle courier sleeps until one of them comes."""
         if time.monotonic() - self._last_queued < BUSY_FOR:
             return dict(busy.poll(int(BUSY_TICK * 1000)))
         self._asleep = True
         if self._fresh:  # queued after the check above, before the data path could see us asleep
             self._asleep = False
             return {}
-        ready = dict(idle.poll(int(COURIER_TICK * 1000)))
+        ready = dict(idle.poll(int(COURIER_TICK * 1000) if self._unacked else None))
         self._asleep = False
         if self._wake in ready:
             os.eventfd_read(self._wake)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,40 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     router.send_multipart([peer, pack_ack(reporter.id, [(1, 2)])])
     assert reporter.flush(5), "the ack empties the window"
     assert reporter.acked == 2
+    reporter.close()
+
+
+def wakeups(thread: threading.Thread) -> int:
+    """How often a thread has slept and been woken so far (the kernel's count of its voluntary switches)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_courier_with_nothing_awaiting_an_ack_does_not_wake(
+    zmq_context: zmq.Context, zmq_socket: ZmqSocket
+) -> None:
+    router = zmq_socket(zmq.ROUTER)
+    secure_server(router)
+    router.bind("tcp://127.0.0.1:*")
+    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    with socket.socket() as sock:
+        assert connection(sock, reporter, "idle")
+    peer, _ = router.recv_multipart()
+    router.send_multipart([peer, pack_ack(reporter.id, [(1, 1)])])
+    assert reporter.flush(5)
+    courier = reporter._courier
+
+    def quiet_for_half_a_second() -> bool:
+        before = wakeups(courier)
+        time.sleep(0.5)  # the window the wakeups are counted over; a ticking courier wakes 5 times in it
+        return wakeups(courier) - before <= 1
+
+    wait_for(quiet_for_half_a_second, "the courier to stop waking once every record is acknowledged", timeout=3)
+    with socket.socket() as sock:
+        assert connection(sock, reporter, "after")
+    assert unpack_message(router.recv_multipart()[1]).seq == 2, "a record still wakes it at once"
+    router.send_multipart([peer, pack_ack(reporter.id, [(2, 2)])])
+    assert reporter.flush(5)
     reporter.close()
 
 
