@@ -19,6 +19,7 @@ const model = {
   selected: null,
   page: 0,
   dirty: true,
+  shownFor: "", // the filters the page was last drawn with
 };
 
 function el(tag, attrs, ...children) {
@@ -323,9 +324,17 @@ function select(flowId) {
 }
 
 function render() {
+  // drawn when something changed: a flow, a click, or the filters (read on every poll too, so a change that
+  // fired no event, such as a browser restoring a form or a scripted choice, is drawn within one poll)
+  const f = filters();
+  const shownFor = JSON.stringify(f);
+  if (shownFor !== model.shownFor) {
+    model.shownFor = shownFor;
+    model.page = 0; // other filters: from their first page
+    model.dirty = true;
+  }
   if (model.dirty) {
     model.dirty = false;
-    const f = filters();
     const all = Array.from(model.flows.values()).reverse(); // newest first
     const matching = all.filter((flow) => matches(flow, f));
     const pages = Math.max(1, Math.ceil(matching.length / f.size));
@@ -395,7 +404,7 @@ function turn(page) {
   render();
 }
 
-document.getElementById("filters").addEventListener("input", () => turn(0));
+for (const kind of ["input", "change"]) document.getElementById("filters").addEventListener(kind, render);
 document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
 document.getElementById("newer").addEventListener("click", () => turn(model.page - 1));
 document.getElementById("older").addEventListener("click", () => turn(model.page + 1));
