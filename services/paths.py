@@ -135,7 +135,7 @@ class Evidence:
             steps = [(entry, not forward) for entry, forward in reversed(back)]
         else:
             return ()
-        return tuple(hop for entry, forward in steps or () for hop in (router_hops if forward else reply_hops)(entry))
+        return tuple(hop for entry, forward in steps or () for hop in entry_hops(entry, forward))
 
     def walk(
         self,
@@ -235,40 +235,33 @@ def crossed(entry: ConntrackEntry, forward: bool) -> tuple[Address, Address]:
     return (destination(tup), source(tup))
 
 
-def reply_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
-    """The rewrites of a packet that crossed an entry the reply's way (a hole another packet punched): undone NAT."""
+def entry_hops(entry: ConntrackEntry, forward: bool) -> tuple[Hop, ...]:
+    """The rewrites of a packet that crossed an entry, destination first (PREROUTING), then source (POSTROUTING).
+
+    Forward, the packet is the entry's original tuple and gets its DNAT and SNAT; the reply's way (a hole
+    another packet punched), each is undone: the SNAT turns into a destination rewrite, the DNAT into a source one.
+    """
     evidence = entry_evidence(entry)
     rules = entry.setup.get("rules", {})
     dnat = destination(entry.original) != source(entry.reply)
     snat = source(entry.original) != destination(entry.reply)
-    hops = []
-    if snat:
-        purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
-        text = rule_text(rules, purpose) + REPLY_DIRECTION
-        kind = HopKind.HAIRPIN if dnat else HopKind.DNAT
-        hops.append(Hop(entry.service, kind, text, destination(entry.reply), source(entry.original), evidence))
-    if dnat:
-        text = rule_text(rules, "hairpin-dnat" if snat else "inbound-dnat") + REPLY_DIRECTION
-        hops.append(Hop(entry.service, HopKind.SNAT, text, source(entry.reply), destination(entry.original), evidence))
-    return tuple(hops)
-
-
-def router_hops(entry: ConntrackEntry) -> tuple[Hop, ...]:
-    """The rewrites one conntrack entry records: destination first (PREROUTING), then source (POSTROUTING)."""
-    evidence = entry_evidence(entry)
-    rules = entry.setup.get("rules", {})
-    dnat = destination(entry.original) != source(entry.reply)
-    snat = source(entry.original) != destination(entry.reply)
-    hops = []
-    if dnat:
-        kind, purpose = (HopKind.HAIRPIN, "hairpin-dnat") if snat else (HopKind.DNAT, "inbound-dnat")
-        before, after = destination(entry.original), source(entry.reply)
-        hops.append(Hop(entry.service, kind, rule_text(rules, purpose), before, after, evidence))
-    if snat:
-        purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
-        before, after = source(entry.original), destination(entry.reply)
-        hops.append(Hop(entry.service, HopKind.SNAT, rule_text(rules, purpose), before, after, evidence))
-    return tuple(hops)
+    dnat_purpose = "hairpin-dnat" if snat else "inbound-dnat"
+    snat_purpose = "hairpin-snat" if dnat else f"snat-{entry.family}"
+    if forward:
+        to_destination = (dnat, dnat_purpose, destination(entry.original), source(entry.reply), "")
+        to_source = (snat, snat_purpose, source(entry.original), destination(entry.reply), "")
+    else:
+        to_destination = (snat, snat_purpose, destination(entry.reply), source(entry.original), REPLY_DIRECTION)
+        to_source = (dnat, dnat_purpose, source(entry.reply), destination(entry.original), REPLY_DIRECTION)
+    destination_kind = HopKind.HAIRPIN if dnat and snat else HopKind.DNAT
+    return tuple(
+        Hop(entry.service, kind, rule_text(rules, purpose) + direction, before, after, evidence)
+        for kind, (rewrote, purpose, before, after, direction) in (
+            (destination_kind, to_destination),
+            (HopKind.SNAT, to_source),
+        )
+        if rewrote
+    )
 
 
 def rule_text(rules: object, purpose: str) -> str:
