@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 
 import msgpack
 
@@ -195,10 +195,8 @@ class Observation:
     def checked(cls, obj: dict[str, Any]) -> Observation:
         """Read a record field by field, raising the ValueError that says which field is wrong."""
         what = "record"
-        moment, service, host, drops = header(obj, what)
         return cls(
-            service=service,
-            host=host,
+            **header(obj, what),
             flow=optional(obj, "flow", str, "record"),
             role=member(obj, "role", Role, "record"),
             proto=member(obj, "proto", Proto, "record"),
@@ -206,9 +204,6 @@ class Observation:
             method=member(obj, "method", Method, "record"),
             local=name_from_wire(obj.get("local")),
             remote=name_from_wire(obj.get("remote")),
-            time=moment,
-            drops=drops,
-            node=read_node(obj, what),
             extra=plain_map(obj, "extra", "record"),
         )
 
@@ -276,10 +271,8 @@ class ConntrackTuple:
     def from_wire(cls, obj: Any, what: str) -> ConntrackTuple:
         """Check and read a tuple: addresses as the kernel writes them, ports in range."""
         found = require_map(obj, what)
-        ports = [typed(found, key, int, what) for key in ("sport", "dport")]
-        if not all(0 <= port <= 65535 for port in ports):
-            raise ValueError(f"{what} port out of range: {ports}")
-        return cls(address(found, "src", what), address(found, "dst", what), *ports)
+        sport, dport = ports(found, ("sport", "dport"), 0, what)
+        return cls(address(found, "src", what), address(found, "dst", what), sport, dport)
 
 
 def address(obj: dict[str, Any], key: str, what: str) -> str:
@@ -291,19 +284,54 @@ def address(obj: dict[str, Any], key: str, what: str) -> str:
         raise ValueError(f"{what} {key} {text!r} is not an IP address") from None
 
 
-def header(obj: dict[str, Any], what: str) -> tuple[float, str, str, int]:
-    """The fields every record kind shares: version, time, service, host, drops (node: read_node)."""
+def ports(obj: dict[str, Any], keys: tuple[str, ...], lowest: int, what: str) -> list[int]:
+    """Port fields, each from lowest to 65535: a kernel tuple may name port 0, a published port may not."""
+    found = [typed(obj, key, int, what) for key in keys]
+    if not all(lowest <= port <= 65535 for port in found):
+        raise ValueError(f"{what} port out of range: {found}")
+    return found
+
+
+def ip_proto(obj: dict[str, Any], what: str) -> Proto:
+    """A proto that must be tcp or udp: conntrack and Docker's published ports know no Unix sockets."""
+    proto = member(obj, "proto", Proto, what)
+    if proto == Proto.UNIX:
+        raise ValueError(f"{what} proto must be tcp or udp")
+    return proto
+
+
+class Header(TypedDict):
+    """The fields every record kind shares, as its constructor's keywords."""
+
+    service: str
+    host: str
+    time: float
+    drops: int
+    node: str
+
+
+def header(obj: dict[str, Any], what: str) -> Header:
+    """Check the fields every record kind shares: version, time, drops, service, host, and node ("" if unsaid)."""
     version = typed(obj, "v", int, what)
     if version != SCHEMA_VERSION:
         raise ValueError(f"{what} schema version {version} is not {SCHEMA_VERSION}")
     moment = finite(float(typed(obj, "time", (int, float), what)), f"{what} 'time'")
     drops = typed(obj, "drops", int, what)
-    return moment, typed(obj, "service", str, what), typed(obj, "host", str, what), drops
+    service, host = typed(obj, "service", str, what), typed(obj, "host", str, what)
+    return Header(service=service, host=host, time=moment, drops=drops, node=optional(obj, "node", str, what) or "")
 
 
-def read_node(obj: dict[str, Any], what: str) -> str:
-    """The Docker engine a record came from: a string, or "" where the record does not say."""
-    return optional(obj, "node", str, what) or ""
+def wire_header(record: ConntrackEvent | DockerBinding | Topology, kind: RecordKind) -> dict[str, Any]:
+    """The keys a record of a kind starts with, in the order the store has always kept them."""
+    return {
+        "v": SCHEMA_VERSION,
+        "kind": str(kind),
+        "time": record.time,
+        "service": record.service,
+        "host": record.host,
+        "node": record.node,
+        "drops": record.drops,
+    }
 
 
 @dataclass(frozen=True)
@@ -326,13 +354,7 @@ class ConntrackEvent:
     def to_wire(self) -> dict[str, Any]:
         """The event as a record: what the store keeps."""
         return {
-            "v": SCHEMA_VERSION,
-            "kind": str(RecordKind.CONNTRACK),
-            "time": self.time,
-            "service": self.service,
-            "host": self.host,
-            "node": self.node,
-            "drops": self.drops,
+            **wire_header(self, RecordKind.CONNTRACK),
             "event": str(self.event),
             "id": self.id,
             "proto": str(self.proto),
@@ -346,16 +368,13 @@ class ConntrackEvent:
     def from_wire(cls, obj: dict[str, Any]) -> ConntrackEvent:
         """Check and read a conntrack record; anything malformed raises ValueError."""
         what = "conntrack record"
-        moment, service, host, drops = header(obj, what)
-        proto = member(obj, "proto", Proto, what)
-        if proto == Proto.UNIX:
-            raise ValueError("conntrack record proto must be tcp or udp")
+        head = header(obj, what)
+        proto = ip_proto(obj, what)
         family = member(obj, "family", Family, what)
         if family == Family.UNIX:
             raise ValueError("conntrack record family must be ipv4 or ipv6")
         return cls(
-            service=service,
-            host=host,
+            **head,
             event=member(obj, "event", ConntrackEventType, what),
             id=typed(obj, "id", int, what),
             proto=proto,
@@ -363,9 +382,6 @@ class ConntrackEvent:
             original=ConntrackTuple.from_wire(obj.get("original"), "conntrack original"),
             reply=ConntrackTuple.from_wire(obj.get("reply"), "conntrack reply"),
             setup=plain_map(obj, "setup", what),
-            time=moment,
-            drops=drops,
-            node=read_node(obj, what),
         )
 
 
@@ -400,13 +416,7 @@ class DockerBinding:
     def to_wire(self) -> dict[str, Any]:
         """The binding as a record: what the store keeps."""
         return {
-            "v": SCHEMA_VERSION,
-            "kind": str(RecordKind.DOCKER_BINDING),
-            "time": self.time,
-            "service": self.service,
-            "host": self.host,
-            "node": self.node,
-            "drops": self.drops,
+            **wire_header(self, RecordKind.DOCKER_BINDING),
             "proto": str(self.proto),
             "host_ip": self.host_ip,
             "host_port": self.host_port,
@@ -424,33 +434,25 @@ class DockerBinding:
     def from_wire(cls, obj: dict[str, Any]) -> DockerBinding:
         """Check and read a binding record; anything malformed raises ValueError."""
         what = "docker-binding record"
-        moment, service, host, drops = header(obj, what)
-        proto = member(obj, "proto", Proto, what)
-        if proto == Proto.UNIX:
-            raise ValueError("docker-binding record proto must be tcp or udp")
-        ports = [typed(obj, key, int, what) for key in ("host_port", "container_port")]
-        if not all(0 < port <= 65535 for port in ports):
-            raise ValueError(f"{what} port out of range: {ports}")
+        head = header(obj, what)
+        proto = ip_proto(obj, what)
+        host_port, container_port = ports(obj, ("host_port", "container_port"), 1, what)
         command = typed(obj, "proxy_command", list, what)
         if not all(isinstance(arg, str) for arg in command):
             raise ValueError(f"{what} 'proxy_command' must be a list of strings")
         return cls(
-            service=service,
-            host=host,
+            **head,
             proto=proto,
             host_ip=address(obj, "host_ip", what),
-            host_port=ports[0],
+            host_port=host_port,
             container=typed(obj, "container", str, what),
             container_ip=address(obj, "container_ip", what),
-            container_port=ports[1],
+            container_port=container_port,
             network=typed(obj, "network", str, what),
             gateway=address(obj, "gateway", what),
             mechanism=member(obj, "mechanism", Mechanism, what),
             proxy_pid=optional(obj, "proxy_pid", int, what),
             proxy_command=tuple(command),
-            time=moment,
-            drops=drops,
-            node=read_node(obj, what),
         )
 
 
@@ -523,13 +525,7 @@ class Topology:
     def to_wire(self) -> dict[str, Any]:
         """The topology record's map."""
         return {
-            "v": SCHEMA_VERSION,
-            "kind": str(RecordKind.TOPOLOGY),
-            "time": self.time,
-            "service": self.service,
-            "host": self.host,
-            "node": self.node,
-            "drops": self.drops,
+            **wire_header(self, RecordKind.TOPOLOGY),
             "container": self.container,
             "interfaces": [interface.to_wire() for interface in self.interfaces],
             "routes": [route.to_wire() for route in self.routes],
@@ -539,16 +535,11 @@ class Topology:
     def from_wire(cls, obj: dict[str, Any]) -> Topology:
         """Check and read a topology record; anything malformed raises ValueError saying what is wrong."""
         what = "topology record"
-        moment, service, host, drops = header(obj, what)
         return cls(
-            service=service,
-            host=host,
+            **header(obj, what),
             container=typed(obj, "container", bool, "topology record"),
             interfaces=tuple(Interface.from_wire(i) for i in typed(obj, "interfaces", list, "topology record")),
             routes=tuple(Route.from_wire(r) for r in typed(obj, "routes", list, "topology record")),
-            time=moment,
-            drops=drops,
-            node=read_node(obj, what),
         )
 
 
