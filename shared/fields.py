@@ -33,6 +33,14 @@ def optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what:
     return None if obj.get(key) is None else typed(obj, key, kind, what)
 
 
+def listed(obj: dict[str, Any], key: str, what: str) -> list[Any]:
+    """A list field that readers from before it existed may lack: missing reads as empty, nil is refused."""
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{what} {key!r} must be a list")
+    return value
+
+
 def member(obj: dict[str, Any], key: str, kind: type[Word], what: str) -> Word:
     """A field that must be one of an enum's words."""
     value = typed(obj, key, str, what)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.fields import counts, finite, member, optional, plain_map, require_map, typed
+from shared.fields import counts, finite, listed, member, optional, plain_map, require_map, typed
 from shared.names import Name, name_from_wire, name_to_wire
 from shared.nat import Behaviour
 from shared.record import Family, Proto
@@ -190,9 +190,7 @@ class Flow:
     def from_wire(cls, obj: Any) -> Flow:
         """Check and read a flow (one without "path" or "answer", from before they existed, has none)."""
         flow = require_map(obj, "flow")
-        path = flow.get("path", [])
-        if not isinstance(path, list):
-            raise ValueError("flow 'path' must be a list")
+        path = listed(flow, "path", "flow")
         return cls(
             flow=typed(flow, "flow", str, "flow"),
             proto=member(flow, "proto", Proto, "flow"),
@@ -329,9 +327,7 @@ class MappingLifetime:
         """Read natcheck's lifetime keys; None when it was not measured."""
         if obj.get("mapping_lifetime_survived") is None:
             return None
-        probes = obj.get("mapping_lifetime_probes", [])
-        if not isinstance(probes, list):
-            raise ValueError("natcheck 'mapping_lifetime_probes' must be a list")
+        probes = listed(obj, "mapping_lifetime_probes", "natcheck")
         expired = optional(obj, "mapping_lifetime", (int, float), "natcheck")
         return cls(
             survived=finite(float(typed(obj, "mapping_lifetime_survived", (int, float), "natcheck")), "natcheck"),
@@ -375,9 +371,7 @@ class NatCheckResult:
     def from_wire(cls, obj: Any) -> NatCheckResult:
         """Check and read a summary; anything malformed raises ValueError."""
         result = require_map(obj, "natcheck")
-        tests = result.get("tests", [])
-        if not isinstance(tests, list):
-            raise ValueError("natcheck 'tests' must be a list")
+        tests = listed(result, "tests", "natcheck")
         return cls(
             mapping=member(result, "mapping", Behaviour, "natcheck"),
             filtering=member(result, "filtering", Behaviour, "natcheck"),
