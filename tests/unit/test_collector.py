@@ -19,11 +19,11 @@ from shared.collector_protocol import MAX_QUERY, query_collector
 from shared.curve import secure_client
 from shared.delivery import MessageKind, pack_message, unpack_ack, unpack_message
 from shared.names import dumps_json
-from shared.nat import Behaviour
 from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Role, pack_observation
-from shared.report_model import Flow, FlowVerdict, NatCheckResult, Report, StunTransaction
+from shared.report_model import Flow, FlowVerdict, Report
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
+from tests.helpers import NATCHECK_RESULT as RESULT
 
 pytestmark = pytest.mark.unit
 
@@ -211,19 +211,6 @@ def test_garbage_over_zeromq_is_counted_and_acknowledged(live_collector: LiveCol
 def test_a_bad_message_is_refused_saying_why(frame: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{error}$"):
         unpack_message(frame)
-
-
-RESULT = NatCheckResult(
-    mapping=Behaviour.ENDPOINT_INDEPENDENT,
-    filtering=Behaviour.ADDRESS_AND_PORT_DEPENDENT,
-    port_preserved=True,
-    hairpin=False,
-    mapped_address=("198.51.100.2", 41579),
-    local_address=("192.168.50.20", 41579),
-    server=("198.51.100.3", 3478),
-    other_address=("198.51.100.4", 3479),
-    tests=(StunTransaction("mapping-1 primary", ("192.168.50.20", 41579), ("198.51.100.3", 3478)),),
-)
 
 
 def natcheck_record(summary: Any) -> bytes:

@@ -9,7 +9,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from shared.nat import Behaviour
 from shared.record import Family, Proto
 from shared.report_model import (
     Flow,
@@ -20,38 +19,14 @@ from shared.report_model import (
     Report,
     StunTransaction,
 )
+from tests.helpers import NATCHECK_RESULT as RESULT
+from tests.helpers import STUN_TRANSACTIONS as TRANSACTIONS
 
 pytestmark = pytest.mark.unit
 
 CLIENT = FlowEnd("client-lan", "lan", Family.IPV6, ("fd00:50::20", 44176, 0, 0), ("2001:db8:100::3", 5300, 0, 0))
 SERVER = FlowEnd("registry", "reg", Family.IPV6, ("2001:db8:100::3", 5300, 0, 0), ("2001:db8:100::2", 44176, 0, 0))
 UNIX = FlowEnd("client-wan", "wan", Family.UNIX, "", "/run/socklab/echo.sock")
-TRANSACTIONS = (
-    StunTransaction(
-        "mapping-1 primary",
-        ("192.168.50.20", 41579),
-        ("198.51.100.3", 3478),
-        mapped=("198.51.100.2", 41579),
-        source=("198.51.100.3", 3478),
-        response_origin=("198.51.100.3", 3478),
-        other_address=("198.51.100.4", 3479),
-    ),
-    StunTransaction("filtering-2 change address and port", ("192.168.50.20", 41579), ("198.51.100.3", 3478)),
-    StunTransaction(
-        "filtering-3 change port", ("192.168.50.20", 1), ("198.51.100.3", 3478), error=(420, "Unknown Attribute")
-    ),
-)
-RESULT = NatCheckResult(
-    mapping=Behaviour.ENDPOINT_INDEPENDENT,
-    filtering=Behaviour.ADDRESS_AND_PORT_DEPENDENT,
-    port_preserved=True,
-    hairpin=False,
-    mapped_address=("198.51.100.2", 41579),
-    local_address=("192.168.50.20", 41579),
-    server=("198.51.100.3", 3478),
-    other_address=("198.51.100.4", 3479),
-    tests=TRANSACTIONS,
-)
 REPORT = Report(
     flows=(
         Flow("a1", Proto.TCP, Family.IPV6, "registry-lookup", CLIENT, SERVER, FlowVerdict.SNAT, True),
