@@ -126,6 +126,11 @@ def only_flow(records: list[Observation], evidence: Evidence) -> Flow:
     return flow
 
 
+def hops(flow: Flow) -> list[tuple[str, HopKind, Any, Any]]:
+    """Each hop of a flow's path as (by, kind, before, after): what the path's tests compare."""
+    return [(hop.by, hop.kind, hop.before, hop.after) for hop in flow.path]
+
+
 # The records
 
 
@@ -260,8 +265,8 @@ def test_the_stream_counts_garbage_and_reports_every_event(
 def test_a_nat_flow_gets_the_router_hop_its_conntrack_entry_shows() -> None:
     flow = only_flow(tcp_flow(), Evidence([event()]))
     assert flow.verdict == FlowVerdict.SNAT
+    assert hops(flow) == [("router", HopKind.SNAT, LAN, WAN)]
     [hop] = flow.path
-    assert (hop.by, hop.kind, hop.before, hop.after) == ("router", HopKind.SNAT, LAN, WAN)
     assert hop.rule == SETUP["rules"]["snat-ipv4"]
     assert hop.evidence["conntrack_id"] == 7 and hop.evidence["mode"] == "cone"
     assert hop.evidence["original"] == {"src": LAN[0], "dst": ECHO[0], "sport": LAN[1], "dport": ECHO[1]}
@@ -344,7 +349,7 @@ def test_a_hole_between_two_nats_names_both_routers_and_is_not_called_a_proxy(b_
     ]
     flow = only_flow(records, punched(b_sent_first))
     assert flow.verdict == FlowVerdict.TWO_NATS
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("router", HopKind.SNAT, A_LAN, A_WAN),
         ("router2", HopKind.DNAT, B_WAN, B_LAN),
     ]
@@ -402,6 +407,8 @@ def test_tcp_flows_have_no_answer_and_echo_udp_flows_say_theirs_arrived() -> Non
 # Docker's published ports
 
 HOST_ME, PUBLISHED, GATEWAY_SEEN = ("127.0.0.1", 52000), ("127.0.0.1", 32991), ("::ffff:198.51.100.1", 45686, 0, 0)
+GATEWAY = ("198.51.100.1", 45686)  # GATEWAY_SEEN as a hop names it, unmapped
+PROXY_HOP = ("docker-proxy", HopKind.PROXY, PUBLISHED, GATEWAY)
 
 
 def published_flow(server_peer: Any = GATEWAY_SEEN) -> list[Observation]:
@@ -417,13 +424,8 @@ def test_a_proxied_published_port_gets_the_docker_proxy_hop() -> None:
     old = binding(proxy_pid=1, time=10.0)
     flow = only_flow(published_flow(), Evidence(bindings=[old, binding()]))
     assert flow.verdict == FlowVerdict.PROXIED
+    assert hops(flow) == [PROXY_HOP]
     [hop] = flow.path
-    assert (hop.by, hop.kind, hop.before, hop.after) == (
-        "docker-proxy",
-        HopKind.PROXY,
-        PUBLISHED,
-        ("198.51.100.1", 45686),
-    )
     assert hop.rule == "/usr/sbin/docker-proxy -proto tcp"
     assert hop.evidence["proxy_pid"] == 4242, "the newest binding record speaks"
     assert hop.evidence["target"] == ["198.51.100.10", 7007]
@@ -442,9 +444,9 @@ def test_a_binding_names_a_flow_only_when_port_protocol_target_and_gateway_agree
 def test_docker_dnat_without_a_proxy_names_the_dnat_and_the_masquerade() -> None:
     dnat = binding(mechanism=Mechanism.DOCKER_DNAT, proxy_pid=None, proxy_command=())
     flow = only_flow(published_flow(), Evidence(bindings=[dnat]))
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("docker-dnat", HopKind.DNAT, PUBLISHED, ECHO),
-        ("docker-masquerade", HopKind.SNAT, HOST_ME, ("198.51.100.1", 45686)),
+        ("docker-masquerade", HopKind.SNAT, HOST_ME, GATEWAY),
     ]
     kept = only_flow(published_flow(server_peer=HOST_ME), Evidence(bindings=[dnat]))
     assert [h.kind for h in kept.path] == [HopKind.DNAT], "no masquerade when the source survived"
@@ -463,24 +465,14 @@ def server_only_published_flow() -> list[Observation]:
 def test_a_server_only_flow_through_docker_proxy_names_the_one_published_port() -> None:
     flow = only_flow(server_only_published_flow(), Evidence(bindings=[binding()]))
     assert flow.client is None
-    [hop] = flow.path
-    assert (hop.by, hop.kind, hop.before, hop.after) == (
-        "docker-proxy",
-        HopKind.PROXY,
-        PUBLISHED,
-        ("198.51.100.1", 45686),
-    )
+    assert hops(flow) == [PROXY_HOP]
 
 
 def test_a_server_only_flow_with_several_candidate_ports_lists_them_and_claims_none() -> None:
     bindings = [binding(), binding(host_ip="198.51.100.1", host_port=7007), binding(host_port=1, container_port=9)]
-    [hop] = only_flow(server_only_published_flow(), Evidence(bindings=bindings)).path
-    assert (hop.by, hop.kind, hop.before, hop.after) == (
-        "docker-proxy",
-        HopKind.PROXY,
-        ("198.51.100.10", 7007),
-        ("198.51.100.1", 45686),
-    )
+    flow = only_flow(server_only_published_flow(), Evidence(bindings=bindings))
+    assert hops(flow) == [("docker-proxy", HopKind.PROXY, ECHO, GATEWAY)]
+    [hop] = flow.path
     assert hop.evidence["published_candidates"] == [["127.0.0.1", 32991, "tcp"], ["198.51.100.1", 7007, "tcp"]]
     assert "one of 2 published bindings" in hop.rule
 
@@ -506,7 +498,7 @@ def test_a_flow_through_a_home_router_and_a_cgn_is_two_nats_with_both_snat_hops_
     cgn = at("cgn", event(original=(H_CGN, ECHO), reply=(ECHO, H_PUB), conntrack_id=2))
     flow = only_flow(tcp_flow(client=H_LAN, server_peer=H_PUB, server_me=ECHO), Evidence([cgn, home]))
     assert flow.verdict == FlowVerdict.TWO_NATS and flow.port_preserved
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("home-router", HopKind.SNAT, H_LAN, H_CGN),
         ("cgn", HopKind.SNAT, H_CGN, H_PUB),
     ]
@@ -543,7 +535,7 @@ def test_a_hairpin_inside_the_cgn_names_the_home_router_and_the_cgns_turn() -> N
     ]
     flow = only_flow(records, cgn_hairpin())
     assert flow.verdict == FlowVerdict.HAIRPIN
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("home-router", HopKind.SNAT, H_LAN, H_CGN),
         ("cgn", HopKind.HAIRPIN, C_PUB, C_LAN),
         ("cgn", HopKind.SNAT, H_CGN, ("198.51.100.6", 53618)),
@@ -559,7 +551,7 @@ def test_the_other_way_through_the_same_hairpin_crosses_both_entries_as_replies(
     ]
     flow = only_flow(records, cgn_hairpin())
     assert flow.verdict == FlowVerdict.HAIRPIN
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("cgn", HopKind.HAIRPIN, ("198.51.100.6", 53618), H_CGN),
         ("cgn", HopKind.SNAT, C_LAN, C_PUB),
         ("home-router", HopKind.DNAT, H_CGN, H_LAN),
@@ -590,7 +582,7 @@ def test_a_server_only_flow_dnated_by_docker_names_the_hosts_entry_not_the_proxy
         observed(Role.SERVER, "getsockname", local=ECHO_MAPPED, time=500.0),
     ]
     flow = only_flow(records, Evidence([listed], [proxy]))
-    assert [(h.by, h.kind, h.before, h.after) for h in flow.path] == [
+    assert hops(flow) == [
         ("docker-dnat", HopKind.DNAT, ON_GATEWAY, ECHO),
     ]
     without = only_flow(records, Evidence([], [proxy]))
