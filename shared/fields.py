@@ -64,6 +64,11 @@ def finite(value: float, what: str) -> float:
     return value
 
 
+def number(obj: dict[str, Any], key: str, what: str) -> float:
+    """A field that must be a finite number (an int is taken, and read as a float)."""
+    return finite(float(typed(obj, key, (int, float), what)), f"{what} {key!r}")
+
+
 def plain(obj: Any, what: str, depth: int = 0) -> Any:
     """Free-form data every view can show and JSON can carry: maps with string keys, lists, strings, bytes,
     finite numbers, booleans, nil, nested at most MAX_DEPTH deep (no msgpack Timestamp or ext type)."""

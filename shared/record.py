@@ -49,7 +49,7 @@ from typing import Any, TypeAlias, TypedDict
 
 import msgpack
 
-from shared.fields import finite, member, optional, plain, plain_map, require_map, typed
+from shared.fields import member, number, optional, plain, plain_map, require_map, typed
 from shared.framing import unpack_map
 from shared.names import Name, name_from_wire, name_to_wire
 
@@ -315,7 +315,7 @@ def header(obj: dict[str, Any], what: str) -> Header:
     version = typed(obj, "v", int, what)
     if version != SCHEMA_VERSION:
         raise ValueError(f"{what} schema version {version} is not {SCHEMA_VERSION}")
-    moment = finite(float(typed(obj, "time", (int, float), what)), f"{what} 'time'")
+    moment = number(obj, "time", what)
     drops = typed(obj, "drops", int, what)
     service, host = typed(obj, "service", str, what), typed(obj, "host", str, what)
     return Header(service=service, host=host, time=moment, drops=drops, node=optional(obj, "node", str, what) or "")

@@ -35,7 +35,7 @@ from typing import Any
 
 import msgpack
 
-from shared.fields import finite, plain
+from shared.fields import finite, plain, require_map
 from shared.framing import MAX_FRAME, pack_frame, recv_frame
 from shared.names import Name, name_from_wire, name_to_wire, unmap_host
 from shared.record import Family, Role, new_flow_id
@@ -104,8 +104,7 @@ class Registration:
     @classmethod
     def from_wire(cls, obj: Any) -> Registration:
         """Check a registration read from a reply."""
-        if not isinstance(obj, dict):
-            raise ValueError(f"registration is a {type(obj).__name__}, not a map")
+        obj = require_map(obj, "registration")
         name, ports, when = obj.get("name"), obj.get("ports"), obj.get("time")
         if not isinstance(name, str) or not isinstance(ports, dict) or not isinstance(when, int | float):
             raise ValueError("registration needs a name, a ports map and a time")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.fields import counts, finite, listed, member, optional, plain_map, require_map, typed
+from shared.fields import counts, finite, listed, member, number, optional, plain_map, require_map, typed
 from shared.names import Name, name_from_wire, name_to_wire
 from shared.nat import Behaviour
 from shared.record import Family, Proto
@@ -299,7 +299,7 @@ class LifetimeProbe:
         """Check and read a probe."""
         probe = require_map(obj, "lifetime probe")
         return cls(
-            idle=finite(float(typed(probe, "idle", (int, float), "lifetime probe")), "lifetime probe idle"),
+            idle=number(probe, "idle", "lifetime probe"),
             local=_address(probe.get("local"), "lifetime probe local"),
             mapped=_address(probe.get("mapped"), "lifetime probe mapped"),
             alive=typed(probe, "alive", bool, "lifetime probe"),
@@ -328,10 +328,10 @@ class MappingLifetime:
         if obj.get("mapping_lifetime_survived") is None:
             return None
         probes = listed(obj, "mapping_lifetime_probes", "natcheck")
-        expired = optional(obj, "mapping_lifetime", (int, float), "natcheck")
+        expired = None if obj.get("mapping_lifetime") is None else number(obj, "mapping_lifetime", "natcheck")
         return cls(
-            survived=finite(float(typed(obj, "mapping_lifetime_survived", (int, float), "natcheck")), "natcheck"),
-            expired=None if expired is None else finite(float(expired), "natcheck 'mapping_lifetime'"),
+            survived=number(obj, "mapping_lifetime_survived", "natcheck"),
+            expired=expired,
             probes=tuple(LifetimeProbe.from_wire(probe) for probe in probes),
         )
 
@@ -406,7 +406,7 @@ class NatCheck:
         return cls(
             service=typed(check, "service", str, "natcheck"),
             host=typed(check, "host", str, "natcheck"),
-            time=finite(float(typed(check, "time", (int, float), "natcheck")), "natcheck time"),
+            time=number(check, "time", "natcheck"),
             result=NatCheckResult.from_wire(check),
         )
 

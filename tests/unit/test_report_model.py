@@ -147,6 +147,12 @@ def wire(**changes: Any) -> dict[str, Any]:
         (Flow, wire(server={**SERVER.to_wire(), "sockname": ["::1", 1, 0]}), "name must have 2 or 4 items"),
         (FlowEnd, {**CLIENT.to_wire(), "service": None}, "flow end 'service' has type NoneType"),
         (NatCheck, {**REPORT.natchecks[0].to_wire(), "time": "now"}, "natcheck 'time' has type str"),
+        (NatCheck, {**REPORT.natchecks[0].to_wire(), "time": float("nan")}, "natcheck 'time' nan is not finite"),
+        (
+            NatCheckResult,
+            {**RESULT.to_wire(), "mapping_lifetime_survived": float("inf")},
+            "natcheck 'mapping_lifetime_survived' inf is not finite",
+        ),
         (NatCheckResult, {**RESULT.to_wire(), "mapping": "full-cone"}, "natcheck mapping 'full-cone' is unknown"),
         (NatCheckResult, {**RESULT.to_wire(), "port_preserved": None}, "natcheck 'port_preserved' has type NoneType"),
         (NatCheckResult, {**RESULT.to_wire(), "server": ["h", 70000]}, "natcheck server must be [host, port]"),
