@@ -9,9 +9,13 @@ the stack's members mount, never committed:
 A client directory is any directory holding server.key and client.key_secret: a member reads the volume,
 the host a copy of host/ (shared.stack, `socklab keys`). secure_server and secure_client are the one line
 each socket's creation site calls. A handshake the collector refuses is counted by reason (refusals()):
-  no-key       a handshake that failed before any key could be checked: a peer speaking plain ZeroMQ
-               (no CurveZMQ), one with a wrong server key, garbage bytes (the log line says which error)
-  unknown-key  CurveZMQ with a public key not in authorized/ (the ZAP handler's refusal, with its address)
+  no-key            no key presented: ZeroMQ without CurveZMQ (ZMTP's mechanism mismatch), or a connection
+                    closed before its handshake ended (a port scan; a plain peer that hung up first)
+  wrong-server-key  CurveZMQ whose HELLO the collector cannot open: the peer holds another server's key
+  malformed         a CurveZMQ command or ZAP request that does not parse (the log line says which error)
+  unknown-key       CurveZMQ with a public key not in authorized/ (the ZAP handler's refusal, with its address)
+Bytes that are not ZMTP at all (`nc` typing text) make libzmq close the connection with no handshake
+event, so they are not counted: nothing was refused that claimed to be a reporter.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "socklab"
 ZAP_VERSION = b"1.0"
 NO_KEY, UNKNOWN_KEY = "no-key", "unknown-key"
+WRONG_SERVER_KEY, MALFORMED = "wrong-server-key", "malformed"
 WATCHED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 KEY_WAIT = 20.0  # the collector makes the keys as it starts; members starting beside it wait this long
 
@@ -248,7 +253,7 @@ class Gatekeeper(threading.Thread):
     def answer(self, request: list[bytes]) -> list[bytes]:
         """One ZAP reply (RFC 27): 200 for an authorized public key, 400 (counted) for any other."""
         if len(request) < 6 or request[0] != ZAP_VERSION:
-            count_refusal(NO_KEY, "?", "malformed ZAP request")
+            count_refusal(MALFORMED, "?", "malformed ZAP request")
             return [ZAP_VERSION, request[1] if len(request) > 1 else b"", b"400", b"malformed ZAP request", b"", b""]
         request_id, address, mechanism = request[1], request[3].decode(errors="replace"), request[5]
         public = zmq.utils.z85.encode(request[6]) if mechanism == b"CURVE" and len(request) > 6 else b""
@@ -262,11 +267,22 @@ class Gatekeeper(threading.Thread):
         return [ZAP_VERSION, request_id, b"200", b"OK", name.encode(), b""]
 
     def read_event(self, monitor: zmq.Socket) -> bool:
-        """Count one handshake failure; False once the watched socket is gone."""
+        """Count one handshake failure by its reason; False once the watched socket is gone."""
         event = parse_monitor_message(monitor.recv_multipart())
         if event["event"] == zmq.EVENT_MONITOR_STOPPED:
             return False
-        kind = "protocol error" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else "no detail"
-        detail = "no CurveZMQ" if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else hex(event["value"])
-        count_refusal(NO_KEY, event["endpoint"].decode(errors="replace"), f"handshake failed ({kind}, {detail})")
+        reason, detail = handshake_failure(event["event"], event["value"])
+        count_refusal(reason, event["endpoint"].decode(errors="replace"), f"handshake failed ({detail})")
         return True
+
+
+def handshake_failure(event: int, value: int) -> tuple[str, str]:
+    """A failed handshake's reason and words, from libzmq's monitor event and its value (a ZMTP protocol error
+    code, or the errno of a connection that ended during the handshake)."""
+    if event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:  # a plain peer often hangs up before its greeting is read
+        return NO_KEY, f"closed before the handshake ended, errno {value}"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return NO_KEY, "no CurveZMQ"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return WRONG_SERVER_KEY, "its HELLO does not open with this collector's key"
+    return MALFORMED, f"protocol error {value:#x}"

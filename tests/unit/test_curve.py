@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from shared.collector_protocol import query_collector
 from shared.curve import (
     AUTHORIZED,
     HOST,
+    MALFORMED,
     NO_KEY,
     UNKNOWN_KEY,
+    WRONG_SERVER_KEY,
     load_client_keys,
     make_keys,
     refusals,
@@ -108,7 +111,7 @@ def test_no_key_is_refused_and_counted(live_collector: LiveCollector, zmq_socket
     assert live_collector.records() == []
 
 
-def test_a_wrong_server_key_fails_the_handshake_and_is_counted_as_no_key(
+def test_a_wrong_server_key_fails_the_handshake_and_is_counted_as_such(
     live_collector: LiveCollector, zmq_socket: ZmqSocket, tmp_path: Path
 ) -> None:
     before = refusals()
@@ -117,6 +120,31 @@ def test_a_wrong_server_key_fails_the_handshake_and_is_counted_as_no_key(
     push = zmq_socket(zmq.DEALER)
     secure_client(push, other)
     push.connect(live_collector.ingest)
+    assert wait_for_refusal(WRONG_SERVER_KEY, before) > before.get(WRONG_SERVER_KEY, 0)
+    assert refusals().get(NO_KEY, 0) == before.get(NO_KEY, 0), "it has a key: not counted as keyless"
+
+
+def tcp_address(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    return host, int(port)
+
+
+# A ZMTP 3.0 greeting that asks for CURVE (RFC 23: signature, version 3.0, mechanism, as-server 0, filler),
+# then a short command frame whose body is no CurveZMQ HELLO.
+CURVE_GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + b"\0" + bytes(31)
+NOT_A_HELLO = b"\x04\x10" + b"junk" * 4
+
+
+def test_a_curve_command_that_does_not_parse_is_counted_malformed(live_collector: LiveCollector) -> None:
+    before = refusals()
+    with socket.create_connection(tcp_address(live_collector.ingest)) as sock:
+        sock.sendall(CURVE_GREETING + NOT_A_HELLO)
+        assert wait_for_refusal(MALFORMED, before) > before.get(MALFORMED, 0)
+
+
+def test_a_connection_closed_before_its_handshake_presented_no_key(live_collector: LiveCollector) -> None:
+    before = refusals()
+    socket.create_connection(tcp_address(live_collector.ingest)).close()  # what a port scan or `nc -z` does
     assert wait_for_refusal(NO_KEY, before) > before.get(NO_KEY, 0)
 
 
