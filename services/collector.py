@@ -1,9 +1,10 @@
 """collector: ingests every service's records over ZeroMQ, keeps them, joins flows, answers queries.
 
 Sockets (the stable side binds), both CurveZMQ servers that only the stack's keys may reach (shared.curve):
-  ROUTER on SOCKLAB_INGEST_PORT: numbered records and gap notices from reporters' DEALERs (shared.delivery);
-                 a bad one is counted, logged, kept out. Each batch read is stored with one write and one
-                 fsync, then acknowledged to its senders; a duplicate (reporter, seq) is acknowledged, not stored.
+  ROUTER on SOCKLAB_INGEST_PORT: numbered records and gap notices, alone or batched, from reporters' DEALERs
+                 (shared.delivery); a bad one is counted, logged, kept out. Each batch read is stored with one
+                 write and one fsync, then acknowledged to its senders; a duplicate (reporter, seq) is acknowledged,
+                 not stored.
   REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "flows" | "records" | "flow"}.
 Records of other kinds (the router's conntrack events, the Docker host's bindings) are stored the same
 way and are the evidence each flow's path is traced from (services.paths).
@@ -44,7 +45,7 @@ from shared.delivery import (
     pack_ack,
     to_ranges,
     unpack_gap,
-    unpack_message,
+    unpack_messages,
 )
 from shared.fields import optional, typed
 from shared.readiness import mark_ready
@@ -53,7 +54,7 @@ from shared.report_model import Flow, LostRange, NatCheck, NatCheckResult, Repor
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # messages read, stored with one fsync and acknowledged at a time
+BATCH = 1000  # records and gaps read (a reporter's batch whole), stored with one fsync and acknowledged at a time
 FREEZE_EVERY = 100_000  # records held between two freezes (Collector.freeze)
 
 
@@ -303,10 +304,11 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
 
 
 def take_batch(collector: Collector, router: zmq.Socket) -> None:
-    """Read what is waiting (up to BATCH), store it with one fsync, and acknowledge to each sender what is held."""
+    """Read what is waiting (up to BATCH records and gaps, a reporter's batch whole), store it with one fsync, and
+    acknowledge to each sender what is held."""
     senders: dict[bytes, bytes] = {}  # reporter id -> the connection it last came from
     messages: list[Message] = []
-    for _ in range(BATCH):
+    while len(messages) < BATCH:
         try:
             parts = router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
@@ -314,12 +316,12 @@ def take_batch(collector: Collector, router: zmq.Socket) -> None:
         try:
             if len(parts) != 2:
                 raise ValueError(f"message has {len(parts) - 1} frames, not 1")
-            message = unpack_message(parts[1])
+            found = unpack_messages(parts[1])
         except ValueError as exc:
             collector.refuse("message", exc)
             continue
-        senders[message.reporter] = parts[0]
-        messages.append(message)
+        senders[found[0].reporter] = parts[0]
+        messages += found
     held = collector.ingest_batch(messages)
     for reporter, seqs in (held or {}).items():
         ranges = to_ranges(seqs)

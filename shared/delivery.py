@@ -4,15 +4,20 @@ Every message is one ZeroMQ frame that starts with a fixed header:
 
 | bytes | field    | meaning                                                          |
 |-------|----------|------------------------------------------------------------------|
-| 1     | kind     | MessageKind: RECORD, GAP (reporter -> collector) or ACK (back)   |
+| 1     | kind     | MessageKind: RECORD, GAP, BATCH (reporter -> collector) or ACK   |
 | 16    | reporter | the reporter's random id, fixed for its life                     |
 | 8     | seq      | RECORD, GAP: this message's number in the reporter's sequence;    |
-|       |          | ACK: how many (first, last) ranges follow                        |
+|       |          | BATCH: how many items follow; ACK: how many ranges follow        |
 
 A RECORD's body is one packed record (shared.record). A GAP's body is the first and last sequence
 number of records the reporter dropped because its window was full (8 bytes each), then its service
-name (UTF-8): loss is itself a message, delivered like a record. An ACK's body is its ranges, 16 bytes
-each: every sequence number in them is on the collector's disk (or was a duplicate of one that is).
+name (UTF-8): loss is itself a message, delivered like a record. A BATCH carries two or more RECORDs and
+GAPs of one reporter in one frame (what its courier took at one wakeup: one ZeroMQ message, one
+encryption, not one per record): each item is its kind (1 byte), its number (8) and its body's length
+(4), then the body, and each is stored, acknowledged and deduplicated by its own number as if it came
+alone.
+An ACK's body is its ranges, 16 bytes each: every sequence number in them is on the collector's disk
+(or was a duplicate of one that is).
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from enum import IntEnum
 from shared.record import MAX_RECORD
 
 HEADER = struct.Struct("!B16sQ")
+ITEM = struct.Struct("!BQI")  # a BATCH item's kind, number and body length
 RANGE = struct.Struct("!QQ")
 REPORTER_ID_SIZE = 16
 NO_REPORTER = bytes(REPORTER_ID_SIZE)  # records stored without a sender's number (tests, older stores)
 MAX_ACK_RANGES = 4096
-MAX_MESSAGE = HEADER.size + MAX_RECORD  # the collector's ROUTER refuses bigger (ZMQ_MAXMSGSIZE)
+MAX_MESSAGE = HEADER.size + ITEM.size + MAX_RECORD  # the collector's ROUTER refuses bigger (ZMQ_MAXMSGSIZE)
 MAX_ACK = HEADER.size + MAX_ACK_RANGES * RANGE.size  # a reporter's DEALER refuses bigger
 
 
@@ -38,6 +44,10 @@ class MessageKind(IntEnum):
     RECORD = 1
     GAP = 2
     ACK = 3
+    BATCH = 4
+
+
+NUMBERED = (MessageKind.RECORD, MessageKind.GAP)  # what a reporter numbers: alone, or as a BATCH's items
 
 
 @dataclass(frozen=True)
@@ -69,16 +79,60 @@ def pack_message(kind: MessageKind, reporter: bytes, seq: int, body: bytes) -> b
     return HEADER.pack(kind, reporter, seq) + body
 
 
-def unpack_message(frame: bytes) -> Message:
-    """Read a reporter's frame; ValueError says what is wrong with it."""
-    if len(frame) < HEADER.size:
-        raise ValueError(f"message of {len(frame)} bytes is shorter than its {HEADER.size}-byte header")
-    kind, reporter, seq = HEADER.unpack_from(frame)
-    if kind not in (MessageKind.RECORD, MessageKind.GAP):
+def pack_item(kind: MessageKind, seq: int, body: bytes) -> bytes:
+    """One numbered record or gap notice as a BATCH item: kept by the reporter until acknowledged, sent in batches."""
+    return ITEM.pack(kind, seq, len(body)) + body
+
+
+def pack_batch(reporter: bytes, items: list[bytes]) -> bytes:
+    """One reporter -> collector frame carrying these items (pack_item) in order; a lone item goes as the RECORD or
+    GAP message it is."""
+    if len(items) == 1:
+        kind, seq, _length = ITEM.unpack_from(items[0])
+        return HEADER.pack(kind, reporter, seq) + items[0][ITEM.size :]
+    return HEADER.pack(MessageKind.BATCH, reporter, len(items)) + b"".join(items)
+
+
+def numbered(kind: int, seq: int) -> MessageKind:
+    """A record's or gap's kind, checked with its number; ValueError says what is wrong."""
+    if kind not in NUMBERED:
         raise ValueError(f"message kind {kind} is not a record or a gap")
     if seq == 0:
         raise ValueError("message sequence number 0 is reserved")
-    return Message(MessageKind(kind), reporter, seq, frame[HEADER.size :])
+    return MessageKind(kind)
+
+
+def unpack_message(frame: bytes) -> Message:
+    """Read a reporter's frame of one record or gap; ValueError says what is wrong with it."""
+    if len(frame) < HEADER.size:
+        raise ValueError(f"message of {len(frame)} bytes is shorter than its {HEADER.size}-byte header")
+    kind, reporter, seq = HEADER.unpack_from(frame)
+    return Message(numbered(kind, seq), reporter, seq, frame[HEADER.size :])
+
+
+def unpack_messages(frame: bytes) -> list[Message]:
+    """Read any reporter's frame, a BATCH or a lone record or gap, as its numbered messages; ValueError says what
+    is wrong with it (one bad item refuses the whole frame)."""
+    if len(frame) < HEADER.size:
+        raise ValueError(f"message of {len(frame)} bytes is shorter than its {HEADER.size}-byte header")
+    kind, reporter, count = HEADER.unpack_from(frame)
+    if kind != MessageKind.BATCH:
+        return [unpack_message(frame)]
+    if not 0 < count <= (len(frame) - HEADER.size) // ITEM.size:
+        raise ValueError(f"batch says {count} items but has {len(frame) - HEADER.size} bytes")
+    messages: list[Message] = []
+    at = HEADER.size
+    for _ in range(count):
+        if at + ITEM.size > len(frame):
+            raise ValueError(f"batch ends inside item {len(messages) + 1} of {count}")
+        item, seq, length = ITEM.unpack_from(frame, at)
+        at += ITEM.size + length
+        if at > len(frame):
+            raise ValueError(f"batch item {len(messages) + 1} of {count} says {length} bytes, past the frame's end")
+        messages.append(Message(numbered(item, seq), reporter, seq, frame[at - length : at]))
+    if at != len(frame):
+        raise ValueError(f"batch has {len(frame) - at} bytes after its {count} items")
+    return messages
 
 
 def pack_gap(gap: Gap) -> bytes:

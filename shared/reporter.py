@@ -1,7 +1,8 @@
 """The one reporter: numbers records, keeps each until the collector has it on disk, never makes the data path wait.
 
 The data path only packs a record, numbers it and appends it to a bounded window; a courier thread
-owns the DEALER socket, sends (never blocking), reads the collector's acks and forgets what they cover.
+owns the DEALER socket, sends what it finds queued at each wakeup as one BATCH message (never blocking),
+reads the collector's acks and forgets what they cover.
 When the connection breaks and comes back (a collector killed and restarted) it resends what it had
 sent before the break; on a live connection it resends what waited too long for its ack. When the
 window is full a record is dropped and counted, and the gap (how many, which sequence numbers) is sent
@@ -25,7 +26,17 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from shared.curve import secure_client
-from shared.delivery import MAX_ACK, Gap, MessageKind, pack_gap, pack_message, unpack_ack
+from shared.delivery import (
+    HEADER,
+    MAX_ACK,
+    MAX_MESSAGE,
+    Gap,
+    MessageKind,
+    pack_batch,
+    pack_gap,
+    pack_item,
+    unpack_ack,
+)
 from shared.host_topology import read_topology
 from shared.names import Name
 from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Record, Role, pack_record
@@ -100,8 +111,8 @@ class Reporter:
         self.bad_acks = 0
         self._seq = itertools.count(1)
         self._gap: Gap | None = None
-        self._unacked: dict[int, tuple[bytes, float]] = {}  # seq -> (frame, when last sent)
-        self._fresh: collections.deque[bytes] = collections.deque()
+        self._unacked: dict[int, tuple[bytes, float]] = {}  # seq -> (batch item, when last sent)
+        self._fresh: collections.deque[bytes] = collections.deque()  # items not sent yet, in order
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closing = threading.Event()
         self._asleep = False  # the courier is in its long sleep: the next record wakes it
@@ -134,17 +145,17 @@ class Reporter:
             return False
         if self._gap is not None:
             gap, self._gap = self._gap, None
-            self._queue(seq, pack_message(MessageKind.GAP, self.id, seq, pack_gap(gap)))
+            self._queue(seq, pack_item(MessageKind.GAP, seq, pack_gap(gap)))
             seq = next(self._seq)
-        self._queue(seq, pack_message(MessageKind.RECORD, self.id, seq, data))
+        self._queue(seq, pack_item(MessageKind.RECORD, seq, data))
         self.sent += 1
         return True
 
-    def _queue(self, seq: int, frame: bytes) -> None:
-        """Keep a frame until it is acknowledged and hand it to the courier, waking it only if it sleeps."""
+    def _queue(self, seq: int, item: bytes) -> None:
+        """Keep an item until it is acknowledged and hand it to the courier, waking it only if it sleeps."""
         self._last_queued = time.monotonic()
-        self._unacked[seq] = (frame, self._last_queued)
-        self._fresh.append(frame)
+        self._unacked[seq] = (item, self._last_queued)
+        self._fresh.append(item)
         if self._asleep:
             self._asleep = False
             os.eventfd_write(self._wake, 1)
@@ -274,13 +285,23 @@ class Reporter:
                 self._broken_at = None
 
     def _send_fresh(self) -> None:
-        """Send what the data path queued, in order, until the socket's queue is full."""
+        """Send what the data path queued, in order, in batches, until the socket's queue is full."""
         while self._fresh:
-            try:
-                self._dealer.send(self._fresh[0], zmq.NOBLOCK)
-            except zmq.Again:
-                return  # the collector is away or slow: the frames wait here, in the window's bound
-            self._fresh.popleft()
+            items, size = [], HEADER.size
+            while self._fresh and size + len(self._fresh[0]) <= MAX_MESSAGE:
+                items.append(self._fresh.popleft())  # the data path only appends: the front is the courier's
+                size += len(items[-1])
+            if not self._send_batch(items):
+                self._fresh.extendleft(reversed(items))  # the collector is away or slow: they wait, in the window
+                return
+
+    def _send_batch(self, items: list[bytes]) -> bool:
+        """One BATCH message of these items, without blocking; False when the socket's queue is full."""
+        try:
+            self._dealer.send(pack_batch(self.id, items), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _take_acks(self) -> None:
         """Forget every record the collector says is stored."""
@@ -303,15 +324,19 @@ class Reporter:
                         self.acked += 1
 
     def _resend(self, sent_before: float) -> None:
-        """Send again every unacknowledged record last sent before `sent_before` (a monotonic time)."""
+        """Send again, in batches, every unacknowledged record last sent before `sent_before` (a monotonic time)."""
         now = time.monotonic()
-        for seq, (frame, when) in list(self._unacked.items()):
-            if when > sent_before:
-                continue
-            try:
-                self._dealer.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
+        due = [(seq, item) for seq, (item, when) in list(self._unacked.items()) if when <= sent_before]
+        start = 0
+        while start < len(due):
+            end, size = start, HEADER.size
+            while end < len(due) and size + len(due[end][1]) <= MAX_MESSAGE:
+                size += len(due[end][1])
+                end += 1
+            if not self._send_batch([item for _, item in due[start:end]]):
                 return
-            if seq in self._unacked:
-                self._unacked[seq] = (frame, now)
-            self.resent += 1
+            for seq, item in due[start:end]:
+                if seq in self._unacked:
+                    self._unacked[seq] = (item, now)
+            self.resent += end - start
+            start = end

@@ -17,7 +17,15 @@ from services.collector import Collector, Store, serve_page
 from services.report import format_table
 from shared.collector_protocol import MAX_QUERY, query_collector
 from shared.curve import secure_client
-from shared.delivery import MessageKind, pack_message, unpack_ack, unpack_message
+from shared.delivery import (
+    MessageKind,
+    pack_batch,
+    pack_item,
+    pack_message,
+    unpack_ack,
+    unpack_message,
+    unpack_messages,
+)
 from shared.names import dumps_json
 from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Role, pack_observation
 from shared.report_model import Flow, FlowVerdict, Report
@@ -211,6 +219,63 @@ def test_garbage_over_zeromq_is_counted_and_acknowledged(live_collector: LiveCol
 def test_a_bad_message_is_refused_saying_why(frame: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{error}$"):
         unpack_message(frame)
+
+
+RID = bytes(range(16))
+ITEMS = [
+    pack_item(MessageKind.RECORD, 1, b"one"),
+    pack_item(MessageKind.GAP, 2, b"gap"),
+    pack_item(MessageKind.RECORD, 3, b""),
+]
+
+
+def test_a_batch_reads_as_its_numbered_messages_and_a_lone_item_as_a_plain_message() -> None:
+    read = unpack_messages(pack_batch(RID, ITEMS))
+    assert [(m.kind, m.reporter, m.seq, m.body) for m in read] == [
+        (MessageKind.RECORD, RID, 1, b"one"),
+        (MessageKind.GAP, RID, 2, b"gap"),
+        (MessageKind.RECORD, RID, 3, b""),
+    ]
+    lone = pack_batch(RID, ITEMS[:1])
+    assert lone == pack_message(MessageKind.RECORD, RID, 1, b"one"), "one item is sent as the message it is"
+    assert unpack_messages(lone) == [unpack_message(lone)]
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (pack_batch(RID, ITEMS[::-1])[:-1], "batch item 3 of 3 says 3 bytes, past the frame's end"),
+        (pack_batch(RID, ITEMS[::-1])[:-5], "batch ends inside item 3 of 3"),
+        (pack_batch(RID, ITEMS) + b"x", "batch has 1 bytes after its 3 items"),
+        (pack_message(MessageKind.BATCH, RID, 0, b""), "batch says 0 items but has 0 bytes"),
+        (pack_message(MessageKind.BATCH, RID, 2, ITEMS[2]), "batch says 2 items but has 13 bytes"),
+        (pack_batch(RID, [ITEMS[0], pack_item(MessageKind.ACK, 2, b"")]), "message kind 3 is not a record or a gap"),
+        (pack_batch(RID, [ITEMS[0], pack_item(MessageKind.RECORD, 0, b"")]), "message sequence number 0 is reserved"),
+    ],
+)
+def test_a_bad_batch_is_refused_whole_saying_why(frame: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=f"^{error}$"):
+        unpack_messages(frame)
+
+
+def test_a_batch_is_stored_and_acknowledged_item_by_item(live_collector: LiveCollector, zmq_socket: ZmqSocket) -> None:
+    dealer = zmq_socket(zmq.DEALER)
+    secure_client(dealer)
+    dealer.connect(live_collector.ingest)
+    bodies = [GOOD[0], BAD[0], GOOD[1]]
+    dealer.send(pack_batch(RID, [pack_item(MessageKind.RECORD, seq, body) for seq, body in enumerate(bodies, 1)]))
+    dealer.send(pack_batch(RID, [pack_item(MessageKind.RECORD, seq, GOOD[2]) for seq in (3, 4)]))
+    live_collector.wait_for_records(count=3)
+    acked: set[int] = set()
+    while len(acked) < 4:
+        reporter, ranges = unpack_ack(dealer.recv())
+        assert reporter == RID
+        acked.update(seq for first, last in ranges for seq in range(first, last + 1))
+    assert acked == {1, 2, 3, 4}, "each item acknowledged by its own number, the refused one too"
+    stored = [o.method for o in live_collector.records()]
+    assert stored == ["getsockname", "getpeername", "recvmsg"], "seq 3 came twice: stored once"
+    assert live_collector.collector.rejected == 1
+    assert live_collector.collector.report().duplicates == 1
 
 
 def natcheck_record(summary: Any) -> bytes:

@@ -19,7 +19,7 @@ from services.collector import Collector, Store, bind, serve
 from services.report import format_table
 from shared.collector_protocol import query_collector
 from shared.curve import secure_server
-from shared.delivery import Message, MessageKind, pack_ack, unpack_message
+from shared.delivery import Message, MessageKind, pack_ack, unpack_messages
 from shared.record import Family, Method, Observation, Proto, Role, pack_observation, unpack_observation
 from shared.report_model import LostRange
 from shared.reporter import Reporter
@@ -50,6 +50,17 @@ def connection(sock: socket.socket, reporter: Reporter, flow: str) -> bool:
     return reporter.observe(sock, "connect", flow, Role.CLIENT, remote=("192.0.2.1", 7))
 
 
+def receive(router: zmq.Socket, count: int) -> tuple[bytes, list[Message], int]:
+    """Read a reporter's frames until `count` numbered messages came: its connection, the messages, how many frames."""
+    messages: list[Message] = []
+    frames = 0
+    while len(messages) < count:
+        peer, frame = router.recv_multipart()
+        messages += unpack_messages(frame)
+        frames += 1
+    return peer, messages, frames
+
+
 def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     zmq_context: zmq.Context,
     zmq_socket: ZmqSocket,
@@ -62,8 +73,7 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         assert reporter.observe(sock, "connect", "f", Role.CLIENT, remote="/run/e.sock", extra={"k": 1})
-    (peer, one), (_, two) = router.recv_multipart(), router.recv_multipart()
-    first, second = unpack_message(one), unpack_message(two)
+    peer, (first, second), _ = receive(router, 2)
     assert (first.kind, first.reporter, first.seq, second.seq) == (MessageKind.RECORD, reporter.id, 1, 2)
     record, other = unpack_observation(first.body), unpack_observation(second.body)
     assert (record.service, record.host, record.node, other.node) == ("unit", socket.gethostname(), "node1", "node1")
@@ -116,8 +126,27 @@ def test_an_idle_courier_with_nothing_awaiting_an_ack_does_not_wake(
     wait_for(quiet_for_half_a_second, "the courier to stop waking once every record is acknowledged", timeout=3)
     with socket.socket() as sock:
         assert connection(sock, reporter, "after")
-    assert unpack_message(router.recv_multipart()[1]).seq == 2, "a record still wakes it at once"
+    _, [after], _ = receive(router, 1)
+    assert after.seq == 2, "a record still wakes it at once"
     router.send_multipart([peer, pack_ack(reporter.id, [(2, 2)])])
+    assert reporter.flush(5)
+    reporter.close()
+
+
+def test_records_queued_between_two_wakeups_leave_as_one_message(
+    zmq_context: zmq.Context, zmq_socket: ZmqSocket
+) -> None:
+    router = zmq_socket(zmq.ROUTER)
+    secure_server(router)
+    router.bind("tcp://127.0.0.1:*")
+    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    with socket.socket() as sock:
+        assert all(connection(sock, reporter, f"f{i}") for i in range(3000))
+    peer, messages, frames = receive(router, 3000)
+    assert [m.seq for m in messages] == list(range(1, 3001)), "every record once, in order"
+    assert [unpack_observation(m.body).flow for m in messages[:2]] == ["f0", "f1"]
+    assert frames <= 3000 / 20, f"batched at each wakeup, not a message a record: {frames} frames for 3000"
+    router.send_multipart([peer, pack_ack(reporter.id, [(1, 3000)])])
     assert reporter.flush(5)
     reporter.close()
 
@@ -182,9 +211,9 @@ def test_records_a_killed_collector_never_stored_are_resent_and_those_it_stored_
     dying.bind(endpoint)
     with socket.socket() as sock:
         assert all(connection(sock, reporter, f"f{i}") for i in range(40))
-    frames = [dying.recv_multipart()[1] for _ in range(40)]
+    _, messages, _ = receive(dying, 40)
     first = Collector(Store(str(path)))
-    assert first.ingest_batch([unpack_message(frame) for frame in frames[:25]]), "25 reach the disk"
+    assert first.ingest_batch(messages[:25]), "25 reach the disk"
     first.store.close()
     dying.close(linger=0)  # killed before any ack left, and 15 it had read are gone with it
     with collector_on(zmq_context, endpoint, path) as (collector, _):
