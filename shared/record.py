@@ -38,9 +38,11 @@ Each has v, time, service, host, node and drops like an observation, and its own
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import math
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -116,6 +118,20 @@ FAMILY_BY_AF: dict[int, Family] = {
     socket.AF_INET6: Family.IPV6,
     socket.AF_UNIX: Family.UNIX,
 }
+# socket.socket's family and type properties build an enum at every call (a microsecond of every record on a
+# reporter's data path); the C socket's own getters give the plain numbers
+RAW_FAMILY = _socket.socket.family.__get__
+RAW_TYPE = _socket.socket.type.__get__
+SOCKET_KINDS: dict[tuple[int, int], tuple[Proto, Family]] = {}
+
+
+def socket_kind(sock: socket.socket) -> tuple[Proto, Family]:
+    """A socket's proto and family as a record spells them, looked up by its raw family and type."""
+    key = (RAW_FAMILY(sock), RAW_TYPE(sock))
+    kind = SOCKET_KINDS.get(key)
+    if kind is None:
+        kind = SOCKET_KINDS[key] = (Proto.of(sock), Family.of(sock.family))
+    return kind
 
 
 def new_flow_id() -> str:
@@ -556,9 +572,15 @@ def pack_observation(obs: Observation) -> bytes:
     return pack_record(obs)
 
 
+PACKERS = threading.local()  # one Packer a thread: msgpack.packb makes a new one, with its buffer, every call
+
+
 def pack_record(record: Record) -> bytes:
     """Encode a record of any kind for the wire and the store."""
-    return msgpack.packb(record.to_wire(), use_bin_type=True)
+    packer = getattr(PACKERS, "packer", None)
+    if packer is None:
+        packer = PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(record.to_wire())
 
 
 def unpack_observation(data: bytes) -> Observation:

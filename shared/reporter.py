@@ -39,7 +39,7 @@ from shared.delivery import (
 )
 from shared.host_topology import read_topology
 from shared.names import Name
-from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Record, Role, pack_record
+from shared.record import MAX_RECORD, METHODS, Method, Observation, Record, Role, pack_record, socket_kind
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class Reporter:
         extra: dict[str, Any] | None = None,
     ) -> bool:
         """Report what `method` on `sock` said, tagging proto and family from the socket itself."""
+        proto, family = socket_kind(sock)
         return self.report(
             Observation(
                 service=self.service,
@@ -183,9 +184,9 @@ class Reporter:
                 node=self.node,
                 flow=flow,
                 role=role,
-                proto=Proto.of(sock),
-                family=Family.of(sock.family),
-                method=Method(method),
+                proto=proto,
+                family=family,
+                method=METHODS.get(method) or Method(method),
                 local=local,
                 remote=remote,
                 drops=self.dropped,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 import msgpack
 import pytest
 
-from shared.record import Observation, Proto, Role, pack_observation, unpack_observation
+from shared.record import Family, Observation, Proto, Role, pack_observation, socket_kind, unpack_observation
 
 pytestmark = pytest.mark.unit
 
@@ -152,3 +153,21 @@ def test_held_records_share_address_strings_and_an_empty_extra() -> None:
     first, second = (unpack_observation(pack_observation(record(local=("192.0.2.1", 80), extra={}))) for _ in range(2))
     assert first.local is not None and second.local is not None
     assert first.local[0] is second.local[0] and first.extra is second.extra and first.extra == {}
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "expected"),
+    [
+        (socket.AF_INET, socket.SOCK_STREAM, (Proto.TCP, Family.IPV4)),
+        (socket.AF_INET6, socket.SOCK_DGRAM, (Proto.UDP, Family.IPV6)),
+        (socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, (Proto.UDP, Family.IPV4)),
+        (socket.AF_UNIX, socket.SOCK_STREAM, (Proto.UNIX, Family.UNIX)),
+        (socket.AF_UNIX, socket.SOCK_DGRAM, (Proto.UNIX, Family.UNIX)),
+    ],
+)
+def test_a_sockets_kind_read_from_its_raw_numbers_is_what_its_properties_say(
+    family: int, kind: int, expected: tuple[Proto, Family]
+) -> None:
+    with socket.socket(family, kind) as sock:
+        assert socket_kind(sock) == expected == (Proto.of(sock), Family.of(sock.family))
+        assert socket_kind(sock) == expected, "and the same once cached"
