@@ -23,6 +23,7 @@ An ACK's body is its ranges, 16 bytes each: every sequence number in them is on 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -91,6 +92,18 @@ def pack_batch(reporter: bytes, items: list[bytes]) -> bytes:
         kind, seq, _length = ITEM.unpack_from(items[0])
         return HEADER.pack(kind, reporter, seq) + items[0][ITEM.size :]
     return HEADER.pack(MessageKind.BATCH, reporter, len(items)) + b"".join(items)
+
+
+def batches(items: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """Items in order as the fewest batches that each fit a message: (start, end) slices of `items`."""
+    start = 0
+    while start < len(items):
+        end, size = start + 1, HEADER.size + len(items[start])  # one item always fits: a record is at most MAX_RECORD
+        while end < len(items) and size + len(items[end]) <= MAX_MESSAGE:
+            size += len(items[end])
+            end += 1
+        yield start, end
+        start = end
 
 
 def numbered(kind: int, seq: int) -> MessageKind:

@@ -1,12 +1,13 @@
 """The one reporter: numbers records, keeps each until the collector has it on disk, never makes the data path wait.
 
-The data path only packs a record, numbers it and appends it to a bounded window; a courier thread
-owns the DEALER socket, sends what it finds queued at each wakeup as one BATCH message (never blocking),
-reads the collector's acks and forgets what they cover.
+The data path only numbers a record and appends it to a bounded window; a courier thread owns the
+DEALER socket, packs what it finds queued at each wakeup and sends it as one BATCH message (never
+blocking), reads the collector's acks and forgets what they cover.
 When the connection breaks and comes back (a collector killed and restarted) it resends what it had
 sent before the break; on a live connection it resends what waited too long for its ack. When the
 window is full a record is dropped and counted, and the gap (how many, which sequence numbers) is sent
-as a message of its own once there is room, so the collector can show what was lost.
+as a message of its own once there is room, so the collector can show what was lost. A record bigger
+than the collector takes is found by the courier as it packs it, and goes as a gap of its own number.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from shared.curve import secure_client
 from shared.delivery import (
-    HEADER,
     MAX_ACK,
-    MAX_MESSAGE,
     Gap,
     MessageKind,
+    batches,
     pack_batch,
     pack_gap,
     pack_item,
@@ -103,7 +103,8 @@ class Reporter:
         self.window = window
         self.resend_after = resend_after
         self.sent = 0
-        self.dropped = 0
+        self.window_drops = 0  # counted by the data path
+        self.oversized = 0  # counted by the courier
         self.rejects = RateLimit(REJECT_RATE, REJECT_BURST)
         self.unreported_rejects = 0
         self.acked = 0
@@ -111,8 +112,9 @@ class Reporter:
         self.bad_acks = 0
         self._seq = itertools.count(1)
         self._gap: Gap | None = None
-        self._unacked: dict[int, tuple[bytes, float]] = {}  # seq -> (batch item, when last sent)
-        self._fresh: collections.deque[bytes] = collections.deque()  # items not sent yet, in order
+        self._unacked: dict[int, tuple[bytes, float]] = {}  # seq -> (packed batch item, when packed or last sent)
+        self._fresh: collections.deque[tuple[int, Record | Gap]] = collections.deque()  # numbered, for the courier
+        self._unsent: list[bytes] = []  # the courier's: packed and kept in the window, not yet sent
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closing = threading.Event()
         self._asleep = False  # the courier is in its long sleep: the next record wakes it
@@ -124,38 +126,40 @@ class Reporter:
 
     @property
     def unacked(self) -> int:
-        """Records sent or queued that the collector has not yet said are stored."""
-        return len(self._unacked)
+        """Records queued or sent that the collector has not yet said are stored (one being packed may count twice)."""
+        return len(self._fresh) + len(self._unacked)
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped: the window full, or bigger than the collector takes."""
+        return self.window_drops + self.oversized
 
     def report(self, record: Record) -> bool:
-        """Queue one record of any kind without waiting; False when it was dropped (the window full, or the
-        record bigger than the collector takes): its number then joins the gap the next record reports."""
+        """Queue one record of any kind without waiting; False when the window is full and it was dropped: its
+        number then joins the gap the next record reports."""
         if not record.node and self.node:
             record = replace(record, node=self.node)
-        seq, data = next(self._seq), pack_record(record)
-        too_big = len(data) > MAX_RECORD
-        if too_big or len(self._unacked) >= self.window:
-            self.dropped += 1
+        seq = next(self._seq)
+        if len(self._fresh) + len(self._unacked) >= self.window:
+            self.window_drops += 1
             first = self._gap.first if self._gap else seq
             self._gap = Gap(first, seq, self.service)
-            if too_big:
-                log.warning("a %s record of %d bytes exceeds %d: dropped", self.service, len(data), MAX_RECORD)
-            elif self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
-                log.warning("report window full: %d records dropped", self.dropped)
+            if self.window_drops in (1, 10, 100) or self.window_drops % 1000 == 0:
+                log.warning("report window full: %d records dropped", self.window_drops)
             return False
         if self._gap is not None:
             gap, self._gap = self._gap, None
-            self._queue(seq, pack_item(MessageKind.GAP, seq, pack_gap(gap)))
+            self._queue(seq, gap)
             seq = next(self._seq)
-        self._queue(seq, pack_item(MessageKind.RECORD, seq, data))
+        self._queue(seq, record)
         self.sent += 1
         return True
 
-    def _queue(self, seq: int, item: bytes) -> None:
-        """Keep an item until it is acknowledged and hand it to the courier, waking it only if it sleeps."""
+    def _queue(self, seq: int, payload: Record | Gap) -> None:
+        """Hand a numbered record or gap to the courier, which packs and keeps it; wake the courier only if it
+        sleeps."""
         self._last_queued = time.monotonic()
-        self._unacked[seq] = (item, self._last_queued)
-        self._fresh.append(item)
+        self._fresh.append((seq, payload))
         if self._asleep:
             self._asleep = False
             os.eventfd_write(self._wake, 1)
@@ -217,9 +221,9 @@ class Reporter:
     def flush(self, timeout: float) -> bool:
         """Wait until the collector has acknowledged every record so far; False if the time ran out."""
         deadline = time.monotonic() + timeout
-        while self._unacked and time.monotonic() < deadline:
+        while self.unacked and time.monotonic() < deadline:
             time.sleep(0.005)
-        return not self._unacked
+        return not self.unacked
 
     def close(self, grace: float = 2.0) -> None:
         """Give unacknowledged records `grace` seconds to be stored, then stop; say how many were not."""
@@ -228,8 +232,8 @@ class Reporter:
         os.eventfd_write(self._wake, 1)
         self._courier.join()
         os.close(self._wake)
-        if self._unacked:
-            log.warning("%d records of %s not acknowledged at close", len(self._unacked), self.service)
+        if self.unacked:
+            log.warning("%d records of %s not acknowledged at close", self.unacked, self.service)
 
     def _run_courier(self) -> None:
         """Send, read acks and resend until closed; the only thread that touches the socket."""
@@ -286,15 +290,31 @@ class Reporter:
                 self._broken_at = None
 
     def _send_fresh(self) -> None:
-        """Send what the data path queued, in order, in batches, until the socket's queue is full."""
-        while self._fresh:
-            items, size = [], HEADER.size
-            while self._fresh and size + len(self._fresh[0]) <= MAX_MESSAGE:
-                items.append(self._fresh.popleft())  # the data path only appends: the front is the courier's
-                size += len(items[-1])
-            if not self._send_batch(items):
-                self._fresh.extendleft(reversed(items))  # the collector is away or slow: they wait, in the window
-                return
+        """Pack what the data path queued (it is then kept until acknowledged) and send it, in order, in batches,
+        until the socket's queue is full; what is left waits for the next wakeup, in the window's bound."""
+        while self._fresh:  # the data path only appends: the front is the courier's
+            self._unsent.append(self._pack(*self._fresh[0]))
+            self._fresh.popleft()  # only now: until it is in the window, it counts in the queue
+        sent = 0
+        for start, end in batches(self._unsent):
+            if not self._send_batch(self._unsent[start:end]):
+                break
+            sent = end
+        del self._unsent[:sent]
+
+    def _pack(self, seq: int, payload: Record | Gap) -> bytes:
+        """A queued record or gap as a batch item, kept until acknowledged; a record bigger than the collector
+        takes goes as a gap of its own number."""
+        if isinstance(payload, Gap):
+            item = pack_item(MessageKind.GAP, seq, pack_gap(payload))
+        elif len(data := pack_record(payload)) > MAX_RECORD:
+            self.oversized += 1
+            log.warning("a %s record of %d bytes exceeds %d: dropped", self.service, len(data), MAX_RECORD)
+            item = pack_item(MessageKind.GAP, seq, pack_gap(Gap(seq, seq, self.service)))
+        else:
+            item = pack_item(MessageKind.RECORD, seq, data)
+        self._unacked[seq] = (item, time.monotonic())
+        return item
 
     def _send_batch(self, items: list[bytes]) -> bool:
         """One BATCH message of these items, without blocking; False when the socket's queue is full."""
@@ -327,17 +347,10 @@ class Reporter:
     def _resend(self, sent_before: float) -> None:
         """Send again, in batches, every unacknowledged record last sent before `sent_before` (a monotonic time)."""
         now = time.monotonic()
-        due = [(seq, item) for seq, (item, when) in list(self._unacked.items()) if when <= sent_before]
-        start = 0
-        while start < len(due):
-            end, size = start, HEADER.size
-            while end < len(due) and size + len(due[end][1]) <= MAX_MESSAGE:
-                size += len(due[end][1])
-                end += 1
+        due = [(seq, item) for seq, (item, when) in self._unacked.items() if when <= sent_before]
+        for start, end in batches([item for _, item in due]):
             if not self._send_batch([item for _, item in due[start:end]]):
                 return
             for seq, item in due[start:end]:
-                if seq in self._unacked:
-                    self._unacked[seq] = (item, now)
+                self._unacked[seq] = (item, now)
             self.resent += end - start
-            start = end

@@ -28,7 +28,7 @@ from shared.delivery import (
 )
 from shared.names import dumps_json
 from shared.record import MAX_RECORD, Family, Method, Observation, Proto, Role, pack_observation
-from shared.report_model import Flow, FlowVerdict, Report
+from shared.report_model import Flow, FlowVerdict, LostRange, Report
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
 from tests.helpers import NATCHECK_RESULT as RESULT
@@ -401,15 +401,24 @@ def test_a_message_past_maxmsgsize_never_reaches_ingest_and_the_collector_serves
     assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"], "and still answers"
 
 
-def test_a_record_bigger_than_the_collector_takes_is_dropped_and_counted_by_its_reporter(
-    zmq_context: zmq.Context, closed_port: int, caplog: pytest.LogCaptureFixture
+def test_a_record_bigger_than_the_collector_takes_is_dropped_counted_and_shown_as_a_gap_of_its_number(
+    zmq_context: zmq.Context, live_collector: LiveCollector, caplog: pytest.LogCaptureFixture
 ) -> None:
-    reporter = Reporter(zmq_context, f"tcp://127.0.0.1:{closed_port}", "svc")
+    reporter = Reporter(zmq_context, live_collector.ingest, "svc")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        assert not reporter.observe(sock, "bind", None, Role.SERVER, extra={"pad": "x" * MAX_RECORD})
-    assert reporter.dropped == 1 and reporter.unacked == 0, "dropped, never sent"
+        assert reporter.observe(sock, "bind", None, Role.SERVER, extra={"pad": "x" * MAX_RECORD}), (
+            "queued: the courier packs"
+        )
+        assert reporter.observe(sock, "bind", None, Role.SERVER, local=("0.0.0.0", 9))
+    assert reporter.flush(5)
+    assert (reporter.oversized, reporter.dropped, reporter.sent) == (1, 1, 2)
     assert f"exceeds {MAX_RECORD}: dropped" in caplog.text
-    reporter.close(grace=0)
+    [kept] = live_collector.records()
+    assert kept.local == ("0.0.0.0", 9), "the oversized record never reached the collector"
+    report = live_collector.collector.report()
+    assert report.lost == {"svc": 1} and report.missing == {}, "its number is accounted for, as lost"
+    assert report.gaps == (LostRange("svc", reporter.id.hex()[:8], 1, 1),)
+    reporter.close()
 
 
 def test_the_table_shows_escape_sequences_in_names_as_text(tmp_path: Path) -> None:
