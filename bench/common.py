@@ -34,11 +34,12 @@ RESULTS = Path(__file__).with_name("results.json")
 @dataclass(frozen=True)
 class Sample:
     """One timed run: operations per wall second, the server's CPU microseconds per operation, and what was lost
-    (records not stored, or dropped by a reporter whose window was full)."""
+    (records not stored, or dropped by a reporter whose window was full) of how many records were made."""
 
     rate: float
     cpu_us: float
     lost: int = 0
+    records: int = 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,14 +77,17 @@ def summarize(title: str, unit: str, runs: dict[str, list[Sample]], baseline: st
         cpu = statistics.median(s.cpu_us for s in samples)
         ratio, rlow, rhigh = spread([s.rate / b.rate for s, b in zip(samples, base, strict=True)])
         cpu_ratio = statistics.median(b.cpu_us / s.cpu_us for s, b in zip(samples, base, strict=True) if s.cpu_us)
-        lost = sum(s.lost for s in samples)
+        lost, records = sum(s.lost for s in samples), sum(s.records for s in samples)
         print(
             f"  {name:28} {rate:16,.0f} {f'{low:,.0f}..{high:,.0f}':>19} {cpu:10.2f} "
-            f"{ratio:6.2f} {f'{rlow:.2f}..{rhigh:.2f}':>11}" + (f"  lost {lost}" if lost else "")
+            f"{ratio:6.2f} {f'{rlow:.2f}..{rhigh:.2f}':>11}"
+            + (f"  lost {lost:,}" if lost else "")
+            + (f" of {records:,} records" if lost and records else "")
         )
         summary[name] = {"rate": rate, "cpu_us": cpu, "ratio": ratio, "ratio_min": rlow, "ratio_max": rhigh}
         summary[name]["cpu_ratio"] = cpu_ratio
         summary[name]["lost"] = lost
+        summary[name]["records"] = records
     return summary
 
 

@@ -31,6 +31,7 @@ from shared.reporter import Reporter
 CHUNK = b"x" * 1024
 DATAGRAM_DATA = b"x" * 64
 CONNECTIONS = 4
+CLOSE_GRACE = 10.0  # seconds echo's reporter waits at the end for the collector to acknowledge what it holds
 
 
 class SilentReporter(Reporter):
@@ -52,9 +53,11 @@ def run_echo(collector: str | None, ready: Queue[Any], stop: Event) -> None:
     server.listen()
     ready.put(server.port)
     server.serve(stop_flag(stop))
-    ready.put((reporter.sent, reporter.dropped))  # dropped: the window was full (the collector fell behind)
     server.close()
-    reporter.close()
+    reporter.close(grace=CLOSE_GRACE)
+    # made: every record, sent or dropped; lost: dropped (the window was full: the collector fell behind) or never
+    # acknowledged by the time the reporter closed
+    ready.put((reporter.sent + reporter.dropped, reporter.dropped + reporter.unacked))
     context.term()
 
 
@@ -174,12 +177,12 @@ def measure(server: str, drive: Callable[[int], int], reporting: bool = True) ->
     trips = drive(port)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
     stop.set()
-    _sent, dropped = ready.get(timeout=10)
+    made, lost = ready.get(timeout=CLOSE_GRACE + 10)
     child.join(10)
     halt.set()
     for process in helpers:
         process.join(10)
-    return Sample(trips / elapsed, cpu / trips * 1e6, dropped)
+    return Sample(trips / elapsed, cpu / trips * 1e6, lost, made)
 
 
 def main() -> None:

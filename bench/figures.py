@@ -22,6 +22,8 @@ def ratio_row(what: str, goal: float, found: dict[str, Any], subject: str, basel
     """One same-run comparison: the median ratio and its spread, both rates, and CPU per operation."""
     mine, base = found[subject], found[baseline]
     verdict = "met" if mine["ratio"] >= goal else f"missed by {goal - mine['ratio']:.2f}"
+    if mine.get("lost"):
+        verdict += f"; {mine['lost']:,} records lost" + (f" of {mine['records']:,}" if mine.get("records") else "")
     return (
         f"| {what} | ≥ {goal:.2f}x | **{mine['ratio']:.2f}x** ({mine['ratio_min']:.2f}..{mine['ratio_max']:.2f}), "
         f"{verdict} | {mine['rate']:,.0f} vs {base['rate']:,.0f} | {mine['cpu_us']:.1f} vs {base['cpu_us']:.1f} |"
