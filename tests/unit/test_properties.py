@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fuzz.targets import targets
 from shared import stun
 from shared.collector_protocol import FlowQuery, QueryOp, pack_query, unpack_query
+from shared.delivery import HEADER, MessageKind, pack_batch, pack_item, unpack_messages
 from shared.echo_protocol import Datagram, Hello, pack_datagram, pack_hello, unpack_datagram, unpack_hello
 from shared.framing import FrameBuffer, pack_frame
 from shared.names import dumps_json
@@ -136,6 +137,28 @@ def test_any_bytes_are_a_record_or_a_valueerror(data: bytes) -> None:
 
 
 frames = st.dictionaries(st.text(max_size=8), plain_values, max_size=4)
+
+
+numbered_items = st.tuples(
+    st.sampled_from([MessageKind.RECORD, MessageKind.GAP]), st.integers(1, 2**64 - 1), st.binary(max_size=24)
+)
+
+
+@given(st.binary(min_size=16, max_size=16), st.lists(numbered_items, min_size=1, max_size=5))
+def test_a_batch_reads_back_as_its_items_in_order(reporter: bytes, items: list[tuple[MessageKind, int, bytes]]) -> None:
+    read = unpack_messages(pack_batch(reporter, [pack_item(*item) for item in items]))
+    assert [(m.kind, m.seq, m.body) for m in read] == items
+    assert {m.reporter for m in read} == {reporter}
+
+
+@given(st.sampled_from(list(MessageKind)), st.integers(0, 8), st.binary(max_size=96))
+def test_any_bytes_after_a_header_are_messages_or_a_valueerror(kind: MessageKind, count: int, body: bytes) -> None:
+    frame = HEADER.pack(kind, bytes(16), count) + body
+    try:
+        read = unpack_messages(frame)
+    except ValueError:
+        return
+    assert read and all(m.seq and m.kind in (MessageKind.RECORD, MessageKind.GAP) for m in read)
 
 
 @given(st.lists(frames, min_size=1, max_size=3), st.integers(1, 7))
