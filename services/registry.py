@@ -48,6 +48,7 @@ from shared.reporter import Reporter
 from shared.streams import AcceptedStream, AcceptGate, close_all
 
 log = logging.getLogger(__name__)
+SWEEP_EVERY = 0.25  # seconds between sweeps of idle request streams, and the longest the loop sleeps
 
 
 @dataclass
@@ -110,16 +111,21 @@ class RegistryServer:
     def serve(self, stop: threading.Event) -> None:
         """Run the loop until `stop` is set; each registered socket carries its own handler."""
         while not stop.is_set():
-            for key, _events in self.selector.select(timeout=0.05):
+            for key, _events in self.selector.select(timeout=self.next_due(time.monotonic())):
                 key.data()
             now = time.monotonic()
             self.expire_parked(now)
             if now >= self.next_sweep:
                 self.sweep(now)
 
+    def next_due(self, now: float) -> float:
+        """Seconds until the next sweep or rendezvous deadline: an idle registry sleeps instead of polling."""
+        due = min([self.next_sweep, *(parked.deadline for parked in self.parked)])
+        return min(max(due - now, 0.0), SWEEP_EVERY)
+
     def sweep(self, now: float) -> None:
         """Close request streams idle too long (not one parked for a rendezvous); accept again after a back-off."""
-        self.next_sweep = now + 0.25
+        self.next_sweep = now + SWEEP_EVERY
         parked = {id(p.conn) for p in self.parked}
         for conn in list(self.streams):
             if id(conn) not in parked and now - conn.last_active > self.idle_timeout:

@@ -6,10 +6,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
-from services.registry import RegistryServer
+from services.registry import SWEEP_EVERY, RegistryServer
 from shared import stun
 from shared.framing import pack_frame, recv_frame
 from shared.names import endpoint
@@ -246,6 +247,21 @@ def test_registrations_expire_and_past_the_cap_a_new_name_is_refused(
         request(address, {"op": "register", "name": "another"}, reporter)
     request(address, {"op": "register", "name": "new"}, reporter)  # renewing one held is not a new one
     assert registry_server.stats["registry_full"] == 1
+
+
+def test_an_idle_registry_sleeps_until_its_next_sweep_or_rendezvous_deadline(make_reporter: MakeReporter) -> None:
+    server = RegistryServer(make_reporter("registry"), 0, 0)
+    try:
+        now = time.monotonic()
+        server.next_sweep = now + 60
+        assert server.next_due(now) == SWEEP_EVERY, "never longer than a sweep's period"
+        server.next_sweep = now + 0.1
+        assert server.next_due(now) == pytest.approx(0.1)
+        server.parked.append(SimpleNamespace(deadline=now + 0.02))  # type: ignore[arg-type]
+        assert server.next_due(now) == pytest.approx(0.02), "a rendezvous answered when its wait is over"
+        assert server.next_due(now + 1) == 0.0, "overdue: at once"
+    finally:
+        server.close()
 
 
 def test_idle_request_streams_are_closed_and_past_the_cap_clients_wait(
