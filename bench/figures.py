@@ -45,6 +45,18 @@ def render(results: dict[str, Any]) -> str:
                 "ingest: records stored vs raw PUSH→PULL + unpackb", 0.8, ingest, subject, "raw PUSH->PULL + unpackb"
             )
         )
+    if "ingest_vs_curve_ceiling" in results:
+        found = results["ingest_vs_curve_ceiling"]
+        subject = next(name for name in found if name.startswith("collector"))
+        lines.append(
+            ratio_row(
+                "ingest, context: the same ceiling over CurveZMQ too",
+                0.8,
+                found,
+                subject,
+                "raw PUSH->PULL + unpackb, CurveZMQ",
+            )
+        )
     if "observe" in results:
         for proto, what in (
             ("tcp", "observing: TCP flows, reported vs off"),

@@ -1,10 +1,11 @@
 """Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling,
-and vs the same collector without CurveZMQ (what curve costs).
+vs the same collector without CurveZMQ (what curve costs), and vs the ceiling over CurveZMQ too (what is left).
 
 Both receivers run in a child process and get the same packed records from this process, sent
 blocking so nothing is dropped on the way: the ceiling from a PUSH socket, the collector as a
 reporter speaks to it (numbered RECORD messages from a DEALER, shared.delivery). The collector is the
-real one (bind, serve: batches checked, stored with one fsync, indexed, acknowledged); the run ends
+real one (bind, serve: each batch checked while the one before is stored with one write and one fsync,
+then indexed and acknowledged); the run ends
 when its ping query counts every record stored. What it did not store by then is counted as lost.
 The collector and its DEALER speak CurveZMQ as in a stack (bench/__main__ makes the keys); the plain
 variant runs the same code with the one-line hooks (secure_server, secure_client) left out.
@@ -26,18 +27,21 @@ import zmq
 
 from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, run_collector, save, summarize
 from shared.collector_protocol import QueryOp, pack_query, query_collector
-from shared.curve import secure_client
+from shared.curve import secure_client, secure_server
 from shared.delivery import MessageKind, pack_message
 
 DEADLINE = 60.0
 COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
 PLAIN = "same collector, no CurveZMQ"
+RAW_CURVE = "raw PUSH->PULL + unpackb, CurveZMQ"
 
 
-def run_raw(port: int, count: int, done: Queue[Any], stop: Event) -> None:
-    """The ceiling: receive and unpack every record, nothing else."""
+def run_raw(port: int, count: int, done: Queue[Any], stop: Event, curve: bool = False) -> None:
+    """The ceiling: receive and unpack every record, nothing else (with `curve`, over CurveZMQ as the collector)."""
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
+    if curve:
+        secure_server(pull)
     pull.bind(f"tcp://127.0.0.1:{port}")
     done.put("ready")
     got = 0
@@ -68,15 +72,15 @@ def send_all(sender: zmq.Socket, messages: list[bytes]) -> None:
         sender.send(raw, copy=False)
 
 
-def measure_raw(records: list[bytes]) -> Sample:
+def measure_raw(records: list[bytes], curve: bool = False) -> Sample:
     port, stop = free_port(), mp.Event()
     done: Queue[Any] = mp.Queue()
-    child = mp.Process(target=run_raw, args=(port, len(records), done, stop))
+    child = mp.Process(target=run_raw, args=(port, len(records), done, stop, curve))
     child.start()
     done.get(timeout=10)
     context = zmq.Context()
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
-    push = connect(context, f"tcp://127.0.0.1:{port}", zmq.PUSH)
+    push = connect(context, f"tcp://127.0.0.1:{port}", zmq.PUSH, curve)
     sender = threading.Thread(target=send_all, args=(push, records))
     sender.start()
     got = done.get(timeout=DEADLINE)
@@ -143,16 +147,24 @@ def main() -> None:
         COLLECTOR: lambda: measure_collector(records),
         RAW: lambda: measure_raw(records),
         PLAIN: lambda: measure_collector(records, curve=False),
+        RAW_CURVE: lambda: measure_raw(records, curve=True),
     }
     runs = interleave(variants, args.rounds)
     summary = summarize(f"ingest: {args.records:,} records a round", "records/s", runs, RAW)
     curve = summarize("what CurveZMQ costs the collector", "records/s", {k: runs[k] for k in (COLLECTOR, PLAIN)}, PLAIN)
+    secured = summarize(
+        "the collector vs the ceiling, both over CurveZMQ",
+        "records/s",
+        {k: runs[k] for k in (COLLECTOR, RAW_CURVE)},
+        RAW_CURVE,
+    )
     save(
         {
             "ingest_ratio": summary[COLLECTOR]["ratio"],
             "ingest": {"records": args.records, "rounds": args.rounds, **summary},
             "curve_ratio": curve[COLLECTOR]["ratio"],
             "curve_cpu_ratio": curve[COLLECTOR]["cpu_ratio"],
+            "ingest_vs_curve_ceiling": secured,
         }
     )
 

@@ -2,9 +2,10 @@
 
 Sockets (the stable side binds), both CurveZMQ servers that only the stack's keys may reach (shared.curve):
   ROUTER on SOCKLAB_INGEST_PORT: numbered records and gap notices, alone or batched, from reporters' DEALERs
-                 (shared.delivery); a bad one is counted, logged, kept out. Each batch read is stored with one
-                 write and one fsync, then acknowledged to its senders; a duplicate (reporter, seq) is acknowledged,
-                 not stored.
+                 (shared.delivery); a bad one is counted, logged, kept out. Each batch read (all that waits, up
+                 to BATCH records and gaps) is stored with one write and one fsync on a writer thread while the next
+                 batch is read and checked, and acknowledged to its senders only once its fsync returned (Pipeline);
+                 a duplicate (reporter, seq) is acknowledged, not stored.
   REP  on SOCKLAB_QUERY_PORT:  msgpack queries {"op": "ping" | "report" | "flows" | "records" | "flow"}.
 Records of other kinds (the router's conntrack events, the Docker host's bindings) are stored the same
 way and are the evidence each flow's path is traced from (services.paths).
@@ -23,6 +24,9 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ import zmq
 from services.flow_index import FlowIndex
 from services.ledger import Ledger
 from services.page_server import serve_page
-from services.store import Entry, Store
+from services.store import Store
 from shared.collector_protocol import MAX_QUERY, FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
 from shared.curve import make_keys, refusals, secure_server
@@ -54,14 +58,15 @@ from shared.report_model import Flow, LostRange, NatCheck, NatCheckResult, Repor
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # records and gaps read (a reporter's batch whole), stored with one fsync and acknowledged at a time
-FREEZE_EVERY = 100_000  # records held between two freezes (Collector.freeze)
+BATCH = 4000  # records and gaps read at most (all that waits, a reporter's batch whole), stored with one fsync
+FREEZE_EVERY = 10_000  # records held between two freezes (Collector.freeze)
+REPLAY_CHUNK = 100  # stored entries checked and indexed at a time on replay
 
 
 def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
     """Decode a record and check the extras the report reads, so no stored record can break a report."""
     record = unpack_record(raw)
-    if not isinstance(record, Observation):
+    if not isinstance(record, Observation) or not record.extra:  # most records have no extras to check
         return record, None
     optional(record.extra, "scenario", str, "record extra")
     if (optional(record.extra, "unreported", int, "record extra") or 0) < 0:
@@ -75,6 +80,24 @@ def read_record(raw: bytes) -> tuple[Record, NatCheck | None]:
     except ValueError as exc:
         raise ValueError(f"record extra natcheck: {exc}") from None
     return record, NatCheck(record.service, record.host, record.time, result)
+
+
+@dataclass
+class Batch:
+    """Messages read and checked, not yet indexed: what to store, and what to acknowledge once it is stored."""
+
+    entries: list[Message] = field(default_factory=list)  # to store, in the order read
+    records: list[Record] = field(default_factory=list)  # the records among them, decoded
+    natchecks: list[NatCheck | None] = field(default_factory=list)  # the NAT check each of those carries
+    gaps: list[tuple[Message, Gap]] = field(default_factory=list)  # the gap notices among them, decoded
+    stored: dict[bytes, list[int]] = field(default_factory=dict)  # per reporter, the numbers of its records stored
+    services: dict[bytes, str] = field(default_factory=dict)  # per reporter, the service its first record names
+    held: defaultdict[bytes, list[int]] = field(default_factory=lambda: defaultdict(list))  # per reporter, to ack
+    pending: dict[bytes, set[int]] = field(default_factory=dict)  # per reporter, the numbers of its entries
+    refused: list[tuple[str, ValueError]] = field(default_factory=list)  # counted and logged once stored
+    read: int = 0  # messages read into it, whatever became of them
+    duplicates: int = 0
+    senders: dict[bytes, bytes] = field(default_factory=dict)  # reporter id -> the connection it last came from
 
 
 def find_flow(flows: Iterable[Flow], wanted: str) -> Flow:
@@ -115,14 +138,13 @@ class Collector:
         """Index everything stored (the cyclic GC paused meanwhile: it would rescan all that is kept, many times)."""
         gc.disable()
         try:
-            for entry in self.store.replay():
-                if self.ledger.has(entry.reporter, entry.seq):
-                    self.ledger.duplicates += 1  # a write that failed after reaching the disk, then resent
-                    continue
-                try:
-                    self.account(entry, *self.check(entry))
-                except ValueError as exc:
-                    log.warning("stored record skipped: %s", exc)
+            entries = self.store.replay()
+            while (batch := self.prepare(islice(entries, REPLAY_CHUNK), retain=False)).read:
+                for _, reason in batch.refused:
+                    log.warning("stored record skipped: %s", reason)
+                batch.refused.clear()  # stored long ago: not this run's rejects
+                self.commit(batch)
+            self.freeze()
         finally:
             gc.enable()
         log.info(
@@ -145,50 +167,83 @@ class Collector:
         self.rejected += 1
         log.warning("rejected %s #%d: %s", what, self.rejected, reason)
 
-    def check(self, message: Message | Entry) -> tuple[Record | Gap, NatCheck | None]:
+    def check(self, message: Message) -> tuple[Record | Gap, NatCheck | None]:
         """Decode and check a message's body: a record (and the NAT check it carries) or a gap notice."""
         if message.kind == MessageKind.GAP:
             return unpack_gap(message.body), None
         return read_record(message.body)
 
+    def prepare(self, messages: Iterable[Message], before: Batch | None = None, retain: bool = True) -> Batch:
+        """Check a batch and drop what is already held (stored, in this batch, or in `before`, still being stored):
+        the part that needs no disk, done while the batch before is written (`retain` False: a replay's, which
+        keeps no message to write, so none outlives its check)."""
+        batch = Batch()
+        held, pending, stored, ledger = batch.held, batch.pending, batch.stored, self.ledger
+        entries, records, natchecks = batch.entries, batch.records, batch.natchecks
+        earlier = before.pending if before is not None else {}
+        flow_ids: dict[str, str] = {}
+        read = 0
+        for message in messages:  # nothing made per message outlives it but what is kept: held records stay dense
+            read += 1
+            reporter, seq = message.reporter, message.seq
+            mine = pending.get(reporter)
+            if (mine is not None and seq in mine) or seq in earlier.get(reporter, ()) or ledger.has(reporter, seq):
+                batch.duplicates += 1
+                held[reporter].append(seq)
+                continue
+            try:
+                item, natcheck = self.check(message)
+            except ValueError as exc:
+                what = "record" if message.kind == MessageKind.RECORD else "gap"
+                batch.refused.append((what, exc.with_traceback(None)))  # its frame holds the batch: no cycle
+                held[reporter].append(seq)  # acknowledged all the same: a resend cannot mend it
+                continue
+            if reporter != NO_REPORTER:
+                if mine is None:
+                    mine = pending[reporter] = set()
+                mine.add(seq)
+            if retain:
+                entries.append(message)
+            if isinstance(item, Gap):
+                batch.gaps.append((message, item))
+                continue
+            if isinstance(item, Observation) and item.flow is not None:
+                # one copy of a flow's id at once, the others freed before the next record is decoded, so the ids
+                # kept lie dense (the index shares them across batches): a search over 10⁶ flows reads them all
+                item.flow = flow_ids.setdefault(item.flow, item.flow)
+            records.append(item)
+            natchecks.append(natcheck)
+            numbers = stored.get(reporter)
+            if numbers is None:
+                numbers = stored[reporter] = []
+                batch.services[reporter] = item.service
+            numbers.append(seq)
+        batch.read = read
+        return batch
+
+    def commit(self, batch: Batch) -> dict[bytes, list[int]]:
+        """Count, note and index a batch once it is on disk; per reporter, the numbers it may acknowledge now."""
+        for what, reason in batch.refused:
+            self.refuse(what, reason)
+        self.ledger.duplicates += batch.duplicates
+        for message, gap in batch.gaps:
+            self.ledger.add_gap(message.reporter, message.seq, gap)
+            batch.held[message.reporter].append(message.seq)
+            first, last = gap.first, gap.last
+            log.warning("%s dropped %d records (numbers %d..%d): window full", gap.service, gap.count, first, last)
+        for reporter, seqs in batch.stored.items():
+            self.ledger.add(reporter, seqs, batch.services[reporter])
+            batch.held[reporter] += seqs
+        self.keep(batch.records, batch.natchecks)
+        return batch.held
+
     def ingest_batch(self, messages: list[Message]) -> dict[bytes, list[int]] | None:
         """Check, store (one write, one fsync) and index a batch: per reporter, the numbers now held; None if the
         store failed, so nothing is acknowledged and the reporters keep and resend."""
-        held: dict[bytes, list[int]] = defaultdict(list)
-        batch: list[tuple[Message, Record | Gap, NatCheck | None]] = []
-        pending: set[tuple[bytes, int]] = set()
-        for message in messages:
-            key = (message.reporter, message.seq)
-            if key in pending or self.ledger.has(*key):
-                self.ledger.duplicates += 1
-                held[message.reporter].append(message.seq)
-                continue
-            try:
-                batch.append((message, *self.check(message)))
-            except ValueError as exc:
-                self.refuse("record" if message.kind == MessageKind.RECORD else "gap", exc)
-                held[message.reporter].append(message.seq)  # acknowledged all the same: a resend cannot mend it
-                continue
-            if message.reporter != NO_REPORTER:
-                pending.add(key)
-        entries = [Entry(m.kind, m.reporter, m.seq, m.body) for m, _, _ in batch]
-        if entries and not self.store.append_batch(entries):
+        batch = self.prepare(messages)
+        if batch.entries and not self.store.append_batch(batch.entries):
             return None
-        for message, item, natcheck in batch:
-            self.account(message, item, natcheck)
-            held[message.reporter].append(message.seq)
-        return held
-
-    def account(self, message: Message | Entry, item: Record | Gap, natcheck: NatCheck | None) -> None:
-        """Note a stored message in the ledger (only this thread writes it), and index it if it is a record."""
-        if isinstance(item, Gap):
-            self.ledger.add_gap(message.reporter, message.seq, item)
-            log.warning(
-                "%s dropped %d records (numbers %d..%d): window full", item.service, item.count, item.first, item.last
-            )
-            return
-        self.ledger.add(message.reporter, message.seq, item.service)
-        self.keep(item, natcheck)
+        return self.commit(batch)
 
     def freeze(self) -> None:
         """Collect cyclic garbage once, then freeze what survived (held records, never garbage), so the cyclic
@@ -197,34 +252,41 @@ class Collector:
         gc.freeze()
         self.unfrozen = 0
 
-    def keep(self, record: Record, natcheck: NatCheck | None) -> None:
-        """Index one checked record by its kind, its counts and the NAT check it carries; a host's new topology
-        replaces its old."""
-        self.unfrozen += 1
-        if self.unfrozen >= FREEZE_EVERY:
-            self.freeze()
+    def keep(self, records: list[Record], natchecks: list[NatCheck | None]) -> None:
+        """Index checked records by kind, counts and the NAT checks they carry (one lock a batch, not a record); a
+        host's new topology replaces its old."""
+        observations: list[Observation] = []
+        evidence: list[ConntrackEvent | DockerBinding] = []
+        methods, drops, observed = self.methods, self.drops, observations.append
         with self.lock:
-            if isinstance(record, Topology):
-                self.topologies.pop(record.host, None)
-                self.topologies[record.host] = record
-                self.topology_changes += 1
-                return
-            if isinstance(record, ConntrackEvent):
-                self.conntrack.append(record)
-            elif isinstance(record, DockerBinding):
-                self.bindings.append(record)
-            else:
-                self.observations.append(record)
-                self.methods[str(record.method)] += 1
-                self.drops[record.service] = max(self.drops.get(record.service, 0), record.drops)
-                if "rejected" in record.extra:  # with those its reporter refused past its rate and did not report
-                    self.service_rejects[record.service] += 1 + record.extra.get("unreported", 0)
-            if natcheck is not None:
-                self.natchecks.append(natcheck)
-        if isinstance(record, Observation):
-            self.index.add(record)
-        else:
+            for record, natcheck in zip(records, natchecks, strict=True):
+                if isinstance(record, Observation):
+                    observed(record)
+                    methods[str(record.method)] += 1
+                    if record.drops > drops.get(record.service, -1):
+                        drops[record.service] = record.drops
+                    if record.extra and "rejected" in record.extra:  # with those refused past its rate, unreported
+                        self.service_rejects[record.service] += 1 + record.extra.get("unreported", 0)
+                elif isinstance(record, Topology):
+                    self.topologies.pop(record.host, None)
+                    self.topologies[record.host] = record
+                    self.topology_changes += 1
+                    continue
+                else:
+                    if isinstance(record, ConntrackEvent):
+                        self.conntrack.append(record)
+                    else:
+                        self.bindings.append(record)
+                    evidence.append(record)
+                if natcheck is not None:
+                    self.natchecks.append(natcheck)
+            self.observations += observations
+        self.index.add(observations)
+        for record in evidence:
             self.index.add_evidence(record)
+        self.unfrozen += len(records)
+        if self.unfrozen >= FREEZE_EVERY and gc.isenabled():  # a replay, which pauses the GC, freezes once at its end
+            self.freeze()
 
     def flows(self) -> list[Flow]:
         """Every flow joined, judged and traced through the evidence held (from the index: only changes are joined)."""
@@ -303,30 +365,96 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
     return router, rep
 
 
-def take_batch(collector: Collector, router: zmq.Socket) -> None:
-    """Read what is waiting (up to BATCH records and gaps, a reporter's batch whole), store it with one fsync, and
-    acknowledge to each sender what is held."""
-    senders: dict[bytes, bytes] = {}  # reporter id -> the connection it last came from
+def read_batch(collector: Collector, router: zmq.Socket, before: Batch | None = None) -> Batch:
+    """Read what is waiting (up to BATCH records and gaps, a reporter's batch whole) and check it against what is
+    held and `before` (still being stored)."""
+    senders: dict[bytes, bytes] = {}
     messages: list[Message] = []
+    recv, more = router.recv, router.get  # frame by frame: recv_multipart costs twice as much a message
     while len(messages) < BATCH:
         try:
-            parts = router.recv_multipart(zmq.NOBLOCK)
+            sender = recv(zmq.NOBLOCK)
         except zmq.Again:
             break
+        frame = recv()  # a message arrives whole: after the ROUTER's identity frame, at least one more is there
+        frames = 1
+        while more(zmq.RCVMORE):
+            recv()
+            frames += 1
         try:
-            if len(parts) != 2:
-                raise ValueError(f"message has {len(parts) - 1} frames, not 1")
-            found = unpack_messages(parts[1])
+            if frames != 1:
+                raise ValueError(f"message has {frames} frames, not 1")
+            found = unpack_messages(frame)
         except ValueError as exc:
             collector.refuse("message", exc)
             continue
-        senders[found[0].reporter] = parts[0]
+        senders[found[0].reporter] = sender
         messages += found
-    held = collector.ingest_batch(messages)
-    for reporter, seqs in (held or {}).items():
+    batch = collector.prepare(messages, before)
+    batch.senders = senders
+    return batch
+
+
+def acknowledge(router: zmq.Socket, senders: dict[bytes, bytes], held: dict[bytes, list[int]]) -> None:
+    """Tell each sender which of its numbers are held."""
+    for reporter, seqs in held.items():
         ranges = to_ranges(seqs)
         for start in range(0, len(ranges), MAX_ACK_RANGES):
             router.send_multipart([senders[reporter], pack_ack(reporter, ranges[start : start + MAX_ACK_RANGES])])
+
+
+class Pipeline:
+    """The ingest loop's batches, one stored on a writer thread (its write and fsync) while the next is read and
+    checked; a batch is indexed and acknowledged only once its fsync returned, and after a failed write, neither it
+    nor the batch checked meanwhile is: their senders keep them and resend."""
+
+    def __init__(self, collector: Collector, router: zmq.Socket) -> None:
+        self.collector = collector
+        self.router = router
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._writing: tuple[Future[bool], Batch] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being stored."""
+        return self._writing is not None
+
+    def take(self) -> None:
+        """Read and check the next batch while the last is stored; then store it, and index and acknowledge the last."""
+        batch = read_batch(self.collector, self.router, self._writing[1] if self._writing else None)
+        last, stored = self._wait()
+        if not stored:
+            log.warning("%d messages read while the store failed are dropped unacknowledged", len(batch.entries))
+            return
+        future: Future[bool] = Future()
+        if batch.entries:
+            future = self._writer.submit(self.collector.store.append_batch, batch.entries)
+        else:
+            future.set_result(True)  # duplicates and refusals only: acknowledged in turn, after the batch before
+        self._writing = (future, batch)
+        if last is not None:
+            acknowledge(self.router, last.senders, self.collector.commit(last))
+
+    def _wait(self) -> tuple[Batch | None, bool]:
+        """Wait for the batch being stored (None if there was none), and say whether its write and fsync succeeded."""
+        if self._writing is None:
+            return None, True
+        future, batch = self._writing
+        self._writing = None
+        return batch, future.result()
+
+    def finish(self) -> None:
+        """Wait for the batch being stored, then index and acknowledge it if it reached the disk."""
+        last, stored = self._wait()
+        if last is not None and stored:
+            acknowledge(self.router, last.senders, self.collector.commit(last))
+
+    def close(self) -> None:
+        """Finish the batch being stored and stop the writer thread."""
+        try:
+            self.finish()
+        finally:
+            self._writer.shutdown()
 
 
 def serve(collector: Collector, router: zmq.Socket, rep: zmq.Socket, stop: threading.Event) -> None:
@@ -334,16 +462,22 @@ def serve(collector: Collector, router: zmq.Socket, rep: zmq.Socket, stop: threa
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     poller.register(rep, zmq.POLLIN)
+    pipeline = Pipeline(collector, router)
     try:
         while not stop.is_set():
-            ready = dict(poller.poll(200))
+            ready = dict(poller.poll(0 if pipeline.busy else 200))
             if router in ready:
-                take_batch(collector, router)
+                pipeline.take()
+            elif pipeline.busy:
+                pipeline.finish()  # nothing more waiting: no reason to hold the last batch's acks back
             if rep in ready:
                 rep.send(pack_reply(collector.answer(rep.recv())))
     finally:
-        router.close(linger=0)
-        rep.close(linger=0)
+        try:
+            pipeline.close()
+        finally:
+            router.close(linger=0)
+            rep.close(linger=0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,20 +53,22 @@ class FlowIndex:
         self._evidence: Evidence | None = None
         self.cursor = 0
 
-    def add(self, obs: Observation) -> None:
-        """File one record under its flow (held records share one copy of the flow id) and mark the flow for a new
-        join."""
-        flow = obs.flow
-        if flow is None:
-            return
+    def add(self, observations: list[Observation]) -> None:
+        """File records under their flows (held records share one copy of the flow id) and mark those flows for a new
+        join; one lock for them all."""
+        held, dirty = self._records, self._dirty
         with self._lock:
-            records = self._records.get(flow)
-            if records is None:
-                records = self._records[flow] = []
-            else:
-                obs.flow = records[0].flow  # one copy of the flow id for all its records
-            records.append(obs)
-            self._dirty[flow] = None
+            for obs in observations:
+                flow = obs.flow
+                if flow is None:
+                    continue
+                records = held.get(flow)
+                if records is None:
+                    records = held[flow] = []
+                else:
+                    obs.flow = records[0].flow  # one copy of the flow id for all its records
+                records.append(obs)
+                dirty[flow] = None
 
     def add_evidence(self, record: ConntrackEvent | DockerBinding) -> None:
         """Keep evidence and mark the flows it may change: those naming its endpoints, or all for a binding."""

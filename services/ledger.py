@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shared.delivery import NO_REPORTER, Gap
+from shared.delivery import NO_REPORTER, Gap, to_ranges
 
 
 @dataclass
@@ -25,15 +25,19 @@ class Account:
         """Whether this number is already held (stored, or declared lost in a gap)."""
         return seq <= self.upto or seq in self.above
 
-    def add(self, seq: int) -> None:
-        """Account for one number."""
-        if seq == self.upto + 1:
-            self.upto = seq
+    def add(self, first: int, last: int) -> None:
+        """Account for every number from first to last (one, or a run: a reporter's numbers mostly come in runs)."""
+        if last <= self.upto:
+            return
+        if first > self.upto + 1:
+            self.above.update(range(first, last + 1))
+            return
+        self.upto = last
+        if self.above:
+            self.above = {seq for seq in self.above if seq > last}  # a new set: readers may be copying the old
             while self.upto + 1 in self.above:
                 self.upto += 1
                 self.above.remove(self.upto)
-        elif seq > self.upto:
-            self.above.add(seq)
 
     def missing(self) -> int:
         """Numbers below the highest seen that never arrived: records lost with no gap notice (so far)."""
@@ -56,22 +60,22 @@ class Ledger:
         account = self.accounts.get(reporter)
         return reporter != NO_REPORTER and account is not None and account.has(seq)
 
-    def add(self, reporter: bytes, seq: int, service: str) -> None:
-        """Account for a stored message."""
+    def add(self, reporter: bytes, seqs: list[int], service: str) -> None:
+        """Account for stored messages of one reporter, a run of consecutive numbers at a time."""
         account = self.accounts.get(reporter)
         if account is None:
             if reporter == NO_REPORTER:
                 return
             account = self.accounts[reporter] = Account(service)
-        account.add(seq)
+        for first, last in to_ranges(seqs):
+            account.add(first, last)
 
     def add_gap(self, reporter: bytes, seq: int, gap: Gap) -> None:
         """Account for a gap notice and every number it says was dropped."""
-        self.add(reporter, seq, gap.service)
+        self.add(reporter, [seq], gap.service)
         account = self.accounts[reporter]
         account.service = gap.service
-        for dropped in range(gap.first, gap.last + 1):
-            account.add(dropped)
+        account.add(gap.first, gap.last)
         self.gaps.append((reporter, gap))
         self.lost[gap.service] += gap.count
 

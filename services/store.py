@@ -25,9 +25,8 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
-from shared.delivery import NO_REPORTER, MessageKind
+from shared.delivery import NO_REPORTER, NUMBERED, Message, MessageKind
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +35,25 @@ ENTRY_MAGIC = b"\xa5SL2"
 ENTRY = struct.Struct("!4sII")  # magic, length, crc
 KEY = struct.Struct("!B16sQ")  # kind, reporter, seq: the part the CRC covers with the body
 HEADER = struct.Struct("!4sIIB16sQ")  # ENTRY then KEY, read at once
-KINDS = {MessageKind.RECORD.value: MessageKind.RECORD, MessageKind.GAP.value: MessageKind.GAP}
 V1_HEADER = struct.Struct("!I")
 MAX_BODY = 16 * 1024 * 1024
 
 
-class Entry(NamedTuple):
-    """One stored message: a record or a gap notice, with who sent it and its number."""
+Entry = Message  # one stored message: the tuple the collector read it as (kind, reporter, seq, body), not a copy
 
-    kind: MessageKind
-    reporter: bytes
-    seq: int
-    body: bytes
+
+def pack_entries(entries: Iterable[Entry]) -> bytes:
+    """Entries as the file holds them, one after another."""
+    parts: list[bytes] = []
+    for kind, reporter, seq, body in entries:
+        key = KEY.pack(kind, reporter, seq)
+        parts += (ENTRY.pack(ENTRY_MAGIC, len(body), zlib.crc32(body, zlib.crc32(key))), key, body)
+    return b"".join(parts)
 
 
 def pack_entry(entry: Entry) -> bytes:
     """One entry as the file holds it."""
-    checked = KEY.pack(entry.kind, entry.reporter, entry.seq) + entry.body
-    return ENTRY.pack(ENTRY_MAGIC, len(entry.body), zlib.crc32(checked)) + checked
+    return pack_entries((entry,))
 
 
 def read_entry(data: mmap.mmap, pos: int) -> tuple[Entry, int] | None:
@@ -62,11 +62,11 @@ def read_entry(data: mmap.mmap, pos: int) -> tuple[Entry, int] | None:
         return None
     magic, length, crc, kind, reporter, seq = HEADER.unpack_from(data, pos)
     end = pos + HEADER.size + length
-    if magic != ENTRY_MAGIC or length > MAX_BODY or end > len(data):
+    if magic != ENTRY_MAGIC or length > MAX_BODY or end > len(data) or kind not in NUMBERED:
         return None
-    if zlib.crc32(data[pos + ENTRY.size : end]) != crc or kind not in KINDS:
+    if zlib.crc32(data[pos + ENTRY.size : end]) != crc:
         return None
-    return Entry(KINDS[kind], reporter, seq, data[pos + HEADER.size : end]), end
+    return Entry(NUMBERED[kind], reporter, seq, data[pos + HEADER.size : end]), end
 
 
 def scan(data: mmap.mmap, start: int, path: str) -> Iterator[tuple[Entry, int]]:
@@ -134,7 +134,7 @@ class Store:
         temporary = self.path + ".migrating"
         with open(temporary, "wb") as f:
             f.write(FILE_MAGIC)
-            f.writelines(pack_entry(Entry(MessageKind.RECORD, NO_REPORTER, 0, raw)) for raw in records)
+            f.write(pack_entries(Entry(MessageKind.RECORD, NO_REPORTER, 0, raw) for raw in records))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
@@ -146,7 +146,7 @@ class Store:
 
     def append_batch(self, entries: Iterable[Entry]) -> bool:
         """Write entries with one write and one fsync; False (logged, counted, bytes taken back) if either failed."""
-        data = b"".join(pack_entry(entry) for entry in entries)
+        data = pack_entries(entries)
         try:
             self._write(data)
             os.fsync(self._fd)

@@ -193,6 +193,8 @@ def unpack_ack(frame: bytes) -> tuple[bytes, list[tuple[int, int]]]:
 
 def to_ranges(seqs: list[int]) -> list[tuple[int, int]]:
     """Sequence numbers as the fewest (first, last) ranges, in order."""
+    if seqs and seqs == list(range(seqs[0], seqs[0] + len(seqs))):
+        return [(seqs[0], seqs[-1])]  # the usual batch: one run, in order, checked at C speed
     ranges: list[tuple[int, int]] = []
     for seq in sorted(seqs):
         if ranges and seq <= ranges[-1][1] + 1:

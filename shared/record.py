@@ -245,6 +245,8 @@ def intern(text: str) -> str:
 
 def fast_name(obj: Any) -> Name | None:
     """The usual name, (host, port) with a port in range, read at once; anything else by name_from_wire."""
+    if obj is None:
+        return None
     if type(obj) is list and len(obj) == 2:
         host, port = obj
         if type(host) is str and type(port) is int and 0 <= port <= 65535:

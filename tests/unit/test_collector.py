@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,8 @@ import msgpack
 import pytest
 import zmq
 
-from services.collector import Collector, Store, serve_page
+import services.store
+from services.collector import Collector, Pipeline, Store, serve_page
 from services.report import format_table
 from shared.collector_protocol import MAX_QUERY, query_collector
 from shared.curve import secure_client
@@ -32,6 +37,7 @@ from shared.report_model import Flow, FlowVerdict, LostRange, Report
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
 from tests.helpers import NATCHECK_RESULT as RESULT
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -206,6 +212,102 @@ def test_garbage_over_zeromq_is_counted_and_acknowledged(live_collector: LiveCol
         assert reporter == rid
         acked.update(seq for first, last in ranges for seq in range(first, last + 1))
     assert acked == {1, 2, 3, 4, 5, 6}, "garbage is acknowledged too: resending cannot mend it"
+
+
+RID = bytes(range(16))
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, zmq_socket: ZmqSocket) -> Iterator[tuple[Pipeline, zmq.Socket]]:
+    """The ingest pipeline over a plain ROUTER, driven by the test, and a DEALER that sends to it."""
+    router, dealer = zmq_socket(zmq.ROUTER), zmq_socket(zmq.DEALER)
+    router.bind(f"ipc://{tmp_path}/ingest")
+    dealer.connect(f"ipc://{tmp_path}/ingest")
+    collector = Collector(Store(str(tmp_path / "r.bin")))
+    made = Pipeline(collector, router)
+    try:
+        yield made, dealer
+    finally:
+        made.close()
+        collector.store.close()
+
+
+def send_and_take(pipeline: Pipeline, dealer: zmq.Socket, seqs: list[int]) -> None:
+    """Send numbered records, wait until the ROUTER has the first, and let the pipeline take what is there."""
+    for seq in seqs:
+        dealer.send(pack_message(MessageKind.RECORD, RID, seq, GOOD[seq % len(GOOD)]))
+    assert pipeline.router.poll(5000), "the records reach the ROUTER"
+    pipeline.take()
+
+
+def acked(dealer: zmq.Socket, timeout_ms: int) -> set[int]:
+    """The numbers acknowledged by the acks that arrive within the timeout."""
+    found: set[int] = set()
+    while dealer.poll(timeout_ms):
+        reporter, ranges = unpack_ack(dealer.recv())
+        assert reporter == RID
+        found.update(seq for first, last in ranges for seq in range(first, last + 1))
+        timeout_ms = 0
+    return found
+
+
+def test_a_batch_is_acknowledged_and_indexed_only_after_its_fsync_returned(
+    pipeline: tuple[Pipeline, zmq.Socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, dealer = pipeline
+    syncing, release, synced = threading.Event(), threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        syncing.set()
+        assert release.wait(5), "the test releases the fsync"
+        real_fsync(fd)
+        synced.set()
+
+    monkeypatch.setattr(services.store.os, "fsync", slow_fsync)
+    send_and_take(ingest, dealer, [1])
+    assert syncing.wait(5) and ingest.busy, "the batch is being stored on the writer thread"
+    finishing = threading.Thread(target=ingest.finish)
+    finishing.start()
+    assert acked(dealer, 300) == set(), "no ack while the fsync has not returned"
+    assert not ingest.collector.observations and not ingest.collector.ledger.accounts, "nor indexed, nor noted"
+    release.set()
+    finishing.join(5)
+    assert synced.is_set() and acked(dealer, 5000) == {1}
+    assert len(ingest.collector.observations) == 1
+
+
+def test_a_failed_write_acknowledges_nothing_of_its_batch_or_the_batch_read_meanwhile(
+    pipeline: tuple[Pipeline, zmq.Socket], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest, dealer = pipeline
+    store = ingest.collector.store
+    real_write, failed = store._write, list[bytes]()
+
+    def full_once(data: bytes) -> None:
+        if not failed:
+            failed.append(data)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(data)
+
+    monkeypatch.setattr(store, "_write", full_once)
+    send_and_take(ingest, dealer, [1, 2, 3])  # stored on the writer thread: the write fails
+    send_and_take(ingest, dealer, [1, 4])  # read meanwhile (1 as a duplicate of the batch being stored): dropped
+    ingest.finish()
+    assert acked(dealer, 300) == set(), "nothing acknowledged, though the disk took the next write"
+    assert store.write_failures == 1 and "read while the store failed are dropped" in caplog.text
+    assert not ingest.collector.observations and ingest.collector.rejected == 0
+    held: set[int] = set()
+
+    def resend() -> bool:
+        send_and_take(ingest, dealer, sorted({1, 2, 3, 4} - held))
+        ingest.finish()
+        held.update(acked(dealer, 1000))
+        return held == {1, 2, 3, 4}
+
+    wait_for(resend, "the reporter's resends stored, indexed and acknowledged")
+    assert sorted(e.seq for e in store.replay()) == [1, 2, 3, 4], "each stored once"
+    assert len(ingest.collector.observations) == 4
 
 
 @pytest.mark.parametrize(

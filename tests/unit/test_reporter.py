@@ -197,7 +197,9 @@ def test_a_disk_that_refuses_stops_acks_and_the_records_are_stored_once_it_takes
         os.close(saved)
         assert reporter.flush(10), "the resent records are stored and acknowledged"
         reporter.close()
-        assert [o.flow for o in collector.observations] == [f"f{i}" for i in range(50)]
+        # in any order: a resend burst split by the last failed write comes back in two parts (also before the
+        # pipeline: 1 run in 5 failed on the order alone with two CPU hogs beside it)
+        assert sorted(str(o.flow) for o in collector.observations) == sorted(f"f{i}" for i in range(50))
     assert len(list(Store(str(tmp_path / "r.bin")).records())) == 50, "each stored once"
 
 
