@@ -38,7 +38,7 @@ from services.page_server import serve_page
 from services.store import Store
 from shared.collector_protocol import MAX_QUERY, FlowQuery, QueryOp, pack_reply, unpack_query
 from shared.config import load_config
-from shared.curve import make_keys, refusals, secure_server
+from shared.curve import limit_message_size, make_keys, refusals, secure_server
 from shared.delivery import (
     MAX_ACK_RANGES,
     MAX_MESSAGE,
@@ -351,8 +351,8 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
     """Bind ROUTER for reporters and REP for queries; an endpoint ending in :* takes a port no one holds."""
     router = context.socket(zmq.ROUTER)
     rep = context.socket(zmq.REP)
-    router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a bigger message drops its sender's connection, unread
-    rep.setsockopt(zmq.MAXMSGSIZE, MAX_QUERY)
+    limit_message_size(router, MAX_MESSAGE)  # a bigger message drops its sender's connection, unread
+    limit_message_size(rep, MAX_QUERY)
     try:
         secure_server(router)
         secure_server(rep)

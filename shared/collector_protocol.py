@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from shared.curve import secure_client
+from shared.curve import limit_message_size, secure_client
 from shared.fields import optional
 from shared.framing import unpack_map
 from shared.names import format_name
@@ -158,7 +158,7 @@ def query_collector(
     secure_client(req, keys)
     req.setsockopt(zmq.LINGER, 0)
     req.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    req.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
+    limit_message_size(req, MAX_REPLY)
     req.connect(endpoint)
     try:
         req.send(msgpack.packb(query, use_bin_type=True))

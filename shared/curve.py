@@ -53,6 +53,7 @@ ZAP_VERSION = b"1.0"
 NO_KEY, UNKNOWN_KEY = "no-key", "unknown-key"
 WRONG_SERVER_KEY, MALFORMED = "wrong-server-key", "malformed"
 WATCHED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+CURVE_MESSAGE_OVERHEAD = 33  # a CurveZMQ MESSAGE's bytes beyond its payload (RFC 26: name 8, nonce 8, flags 1, MAC 16)
 KEY_WAIT = 20.0  # the collector makes the keys as it starts; members starting beside it wait this long
 
 _refused: Counter[str] = Counter()
@@ -149,6 +150,13 @@ def secure_client(sock: zmq.Socket, directory: Path | str | None = None) -> None
     sock.curve_serverkey = keys.server_public
     sock.curve_publickey = keys.public
     sock.curve_secretkey = keys.secret
+
+
+def limit_message_size(sock: zmq.Socket, most: int) -> None:
+    """Refuse messages whose payload exceeds `most` bytes (ZMQ_MAXMSGSIZE: a bigger one drops the connection).
+    libzmq counts a CurveZMQ message with its encryption's bytes, so the limit leaves room for them: without it a
+    payload of exactly `most` bytes would be refused, and a reporter would resend it forever."""
+    sock.setsockopt(zmq.MAXMSGSIZE, most + CURVE_MESSAGE_OVERHEAD)
 
 
 def secure_server(sock: zmq.Socket, directory: Path | str | None = None) -> None:

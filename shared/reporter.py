@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from shared.curve import secure_client
+from shared.curve import limit_message_size, secure_client
 from shared.delivery import (
     MAX_ACK,
     Gap,
@@ -77,7 +77,7 @@ def connect_dealer(context: zmq.Context, endpoint: str, window: int, keys: str |
     secure_client(dealer, keys)
     dealer.setsockopt(zmq.SNDHWM, window)
     dealer.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged or still in the window
-    dealer.setsockopt(zmq.MAXMSGSIZE, MAX_ACK)  # it receives acks only
+    limit_message_size(dealer, MAX_ACK)  # it receives acks only
     dealer.connect(endpoint)
     return dealer
 

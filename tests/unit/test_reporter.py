@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,28 @@ import services.store
 from services.collector import Collector, Store, bind, serve
 from services.report import format_table
 from shared.collector_protocol import query_collector
-from shared.curve import secure_server
-from shared.delivery import Message, MessageKind, pack_ack, unpack_messages
-from shared.record import Family, Method, Observation, Proto, Role, pack_observation, unpack_observation
+from shared.curve import secure_client, secure_server
+from shared.delivery import (
+    MAX_MESSAGE,
+    Message,
+    MessageKind,
+    batches,
+    pack_ack,
+    pack_batch,
+    pack_item,
+    unpack_ack,
+    unpack_messages,
+)
+from shared.record import (
+    MAX_RECORD,
+    Family,
+    Method,
+    Observation,
+    Proto,
+    Role,
+    pack_observation,
+    unpack_observation,
+)
 from shared.report_model import LostRange
 from shared.reporter import Reporter
 from tests.conftest import LiveCollector, ZmqSocket
@@ -270,3 +290,34 @@ def test_reject_reports_who_sent_garbage(reporter: Reporter, live_collector: Liv
     assert (record.method, record.role, record.flow) == ("recvmsg", Role.SERVER, None)
     assert record.remote == ("::ffff:192.0.2.9", 4000, 0, 0)
     assert record.extra == {"rejected": "datagram has no flow id"}
+
+
+def padded(flow: str, size: int) -> Observation:
+    """A client record whose packed form is exactly `size` bytes."""
+    record = Observation("unit", "h", flow, Role.CLIENT, Proto.TCP, Family.IPV4, Method.CONNECT, extra={"pad": ""})
+    pad = size - len(pack_observation(record))
+    while len(pack_observation(replace(record, extra={"pad": "x" * pad}))) > size:
+        pad -= 1  # the string's own length header grows with it
+    record = replace(record, extra={"pad": "x" * pad})
+    assert len(pack_observation(record)) == size
+    return record
+
+
+def test_the_largest_record_and_batch_get_through_curvezmq(
+    live_collector: LiveCollector, zmq_context: zmq.Context, zmq_socket: ZmqSocket
+) -> None:
+    reporter = Reporter(zmq_context, live_collector.ingest, "unit")
+    assert reporter.report(padded("largest", MAX_RECORD))
+    assert reporter.flush(5), "stored: the size limit leaves room for CurveZMQ's own bytes"
+    assert live_collector.records("largest")
+    reporter.close()
+    dealer = zmq_socket(zmq.DEALER)
+    secure_client(dealer)
+    dealer.connect(live_collector.ingest)
+    items = [pack_item(MessageKind.RECORD, seq, pack_observation(padded(f"full-{seq}", 900))) for seq in range(1, 200)]
+    start, end = next(batches(items))
+    frame = pack_batch(os.urandom(16), items[start:end])
+    assert MAX_MESSAGE - len(frame) < 1000, f"a full batch: {len(frame)} of {MAX_MESSAGE} bytes"
+    dealer.send(frame)
+    assert dealer.poll(5000), "acknowledged"
+    assert unpack_ack(dealer.recv())[1] == [(1, end)]
