@@ -1,14 +1,17 @@
 """Ingest: records stored per second by the real collector vs a bare PUSH -> PULL + msgpack.unpackb ceiling,
 vs the same collector without CurveZMQ (what curve costs), and vs the ceiling over CurveZMQ too (what is left).
 
-Both receivers run in a child process and get the same packed records from this process, sent
-blocking so nothing is dropped on the way: the ceiling from a PUSH socket, the collector as a
-reporter speaks to it (numbered RECORD messages from a DEALER, shared.delivery). The collector is the
-real one (bind, serve: each batch checked while the one before is stored with one write and one fsync,
-then indexed and acknowledged); the run ends
-when its ping query counts every record stored. What it did not store by then is counted as lost.
-The collector and its DEALER speak CurveZMQ as in a stack (bench/__main__ makes the keys); the plain
-variant runs the same code with the one-line hooks (secure_server, secure_client) left out.
+Both receivers run in a child process and get the same frames from this process, sent blocking so
+nothing is dropped on the way: the ceiling from a PUSH socket, the collector as a reporter speaks to
+it from a DEALER (shared.delivery). The frames are what a reporter's courier sends at full load: its
+numbered records packed into BATCH messages as large as the collector takes (a courier sends all it
+finds queued at a wake-up), each item then read by the ceiling with one struct and one unpackb; the
+"one record a message" pair sends each record as its own RECORD message, as reporters did before
+batches. The collector is the real one (bind, serve: each batch checked while the one before is
+stored with one write and one fsync, then indexed and acknowledged); the run ends when its ping query
+counts every record stored. What it did not store by then is counted as lost. The collector and its
+DEALER speak CurveZMQ as in a stack (bench/__main__ makes the keys); the plain variant runs the same
+code with the one-line hooks (secure_server, secure_client) left out.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import zmq
 from bench.common import Sample, cpu_seconds, flow_records, free_port, interleave, run_collector, save, summarize
 from shared.collector_protocol import QueryOp, pack_query, query_collector
 from shared.curve import secure_client, secure_server
-from shared.delivery import MessageKind, pack_message
+from shared.delivery import HEADER, ITEM, MessageKind, batches, pack_batch, pack_item, pack_message
 
 DEADLINE = 60.0
 COLLECTOR, RAW = "collector (check, store, index)", "raw PUSH->PULL + unpackb"
 PLAIN = "same collector, no CurveZMQ"
 RAW_CURVE = "raw PUSH->PULL + unpackb, CurveZMQ"
+ONE, RAW_ONE = "collector, one record a message", "raw PUSH->PULL + unpackb, one record a message"
 
 
 def run_raw(port: int, count: int, done: Queue[Any], stop: Event, curve: bool = False) -> None:
@@ -46,12 +50,27 @@ def run_raw(port: int, count: int, done: Queue[Any], stop: Event, curve: bool = 
     done.put("ready")
     got = 0
     while got < count:
-        msgpack.unpackb(pull.recv())
-        got += 1
+        got += unpack_bodies(pull.recv())
     done.put(got)
     stop.wait(DEADLINE)
     pull.close(linger=0)
     context.term()
+
+
+def unpack_bodies(frame: bytes) -> int:
+    """The ceiling's whole work on a frame: unpackb each record in it (a BATCH's items found by their lengths);
+    how many there were."""
+    kind, _reporter, count = HEADER.unpack_from(frame)
+    if kind != MessageKind.BATCH:
+        msgpack.unpackb(frame[HEADER.size :])
+        return 1
+    at = HEADER.size
+    for _ in range(count):
+        length = ITEM.unpack_from(frame, at)[2]
+        at += ITEM.size
+        msgpack.unpackb(frame[at : at + length])
+        at += length
+    return count
 
 
 def connect(context: zmq.Context, endpoint: str, kind: int, curve: bool = False) -> zmq.Socket:
@@ -72,7 +91,7 @@ def send_all(sender: zmq.Socket, messages: list[bytes]) -> None:
         sender.send(raw, copy=False)
 
 
-def measure_raw(records: list[bytes], curve: bool = False) -> Sample:
+def measure_raw(records: list[bytes], frames: list[bytes], curve: bool = False) -> Sample:
     port, stop = free_port(), mp.Event()
     done: Queue[Any] = mp.Queue()
     child = mp.Process(target=run_raw, args=(port, len(records), done, stop, curve))
@@ -81,7 +100,7 @@ def measure_raw(records: list[bytes], curve: bool = False) -> Sample:
     context = zmq.Context()
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
     push = connect(context, f"tcp://127.0.0.1:{port}", zmq.PUSH, curve)
-    sender = threading.Thread(target=send_all, args=(push, records))
+    sender = threading.Thread(target=send_all, args=(push, frames))
     sender.start()
     got = done.get(timeout=DEADLINE)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(child.pid or 0) - cpu0
@@ -93,10 +112,13 @@ def measure_raw(records: list[bytes], curve: bool = False) -> Sample:
     return Sample(got / elapsed, cpu / got * 1e6, len(records) - got)
 
 
-def numbered(records: list[bytes]) -> list[bytes]:
-    """The records as one reporter's numbered RECORD messages."""
+def numbered(records: list[bytes], batched: bool = True) -> list[bytes]:
+    """The records as one reporter's frames: BATCH messages as full as the collector takes, or one RECORD each."""
     reporter = uuid.uuid4().bytes
-    return [pack_message(MessageKind.RECORD, reporter, seq, raw) for seq, raw in enumerate(records, 1)]
+    if not batched:
+        return [pack_message(MessageKind.RECORD, reporter, seq, raw) for seq, raw in enumerate(records, 1)]
+    items = [pack_item(MessageKind.RECORD, seq, raw) for seq, raw in enumerate(records, 1)]
+    return [pack_batch(reporter, items[start:end]) for start, end in batches(items)]
 
 
 def count_stored(context: zmq.Context, endpoint: str, curve: bool, timeout: float) -> int:
@@ -112,14 +134,13 @@ def count_stored(context: zmq.Context, endpoint: str, curve: bool, timeout: floa
         req.close(linger=0)
 
 
-def measure_collector(records: list[bytes], curve: bool = True) -> Sample:
+def measure_collector(records: list[bytes], messages: list[bytes], curve: bool = True) -> Sample:
     port, query, stop = free_port(), free_port(), mp.Event()
     ingest, ask = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{query}"
     child = mp.Process(target=run_collector, args=(ingest, ask, stop, curve))
     child.start()
     context = zmq.Context()
     count_stored(context, ask, curve, 10)
-    messages = numbered(records)
     cpu0, start = cpu_seconds(child.pid or 0), time.perf_counter()
     dealer = connect(context, ingest, zmq.DEALER, curve)
     sender = threading.Thread(target=send_all, args=(dealer, messages))
@@ -143,14 +164,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     records = flow_records(args.records)
+    frames, singles = numbered(records), numbered(records, batched=False)
     variants = {
-        COLLECTOR: lambda: measure_collector(records),
-        RAW: lambda: measure_raw(records),
-        PLAIN: lambda: measure_collector(records, curve=False),
-        RAW_CURVE: lambda: measure_raw(records, curve=True),
+        COLLECTOR: lambda: measure_collector(records, frames),
+        RAW: lambda: measure_raw(records, frames),
+        PLAIN: lambda: measure_collector(records, frames, curve=False),
+        RAW_CURVE: lambda: measure_raw(records, frames, curve=True),
+        ONE: lambda: measure_collector(records, singles),
+        RAW_ONE: lambda: measure_raw(records, singles),
     }
     runs = interleave(variants, args.rounds)
-    summary = summarize(f"ingest: {args.records:,} records a round", "records/s", runs, RAW)
+    print(f"\n{len(frames):,} BATCH messages of {len(records) // len(frames):,} records on average")
+    summary = summarize(
+        f"ingest: {args.records:,} records a round, batched as reporters send",
+        "records/s",
+        {k: runs[k] for k in (COLLECTOR, RAW)},
+        RAW,
+    )
+    one = summarize("ingest, one record a message", "records/s", {k: runs[k] for k in (ONE, RAW_ONE)}, RAW_ONE)
     curve = summarize("what CurveZMQ costs the collector", "records/s", {k: runs[k] for k in (COLLECTOR, PLAIN)}, PLAIN)
     secured = summarize(
         "the collector vs the ceiling, both over CurveZMQ",
@@ -161,7 +192,8 @@ def main() -> None:
     save(
         {
             "ingest_ratio": summary[COLLECTOR]["ratio"],
-            "ingest": {"records": args.records, "rounds": args.rounds, **summary},
+            "ingest": {"records": args.records, "rounds": args.rounds, "batch": len(records) // len(frames), **summary},
+            "ingest_one_a_message": one,
             "curve_ratio": curve[COLLECTOR]["ratio"],
             "curve_cpu_ratio": curve[COLLECTOR]["cpu_ratio"],
             "ingest_vs_curve_ceiling": secured,
