@@ -18,6 +18,28 @@ BEGIN, END = "<!-- bench figures: python -m bench.figures --write README.md -->"
 SIZES = ("1000", "10000", "100000", "1000000")
 
 
+INGEST_ROWS = (  # (results key, row, subject, baseline)
+    (
+        "ingest",
+        "ingest: records stored vs raw PUSH→PULL + unpackb (batched as reporters send)",
+        "collector (check, store, index)",
+        "raw PUSH->PULL + unpackb",
+    ),
+    (
+        "ingest_one_a_message",
+        "ingest, context: one record a message (as before batches)",
+        "collector, one record a message",
+        "raw PUSH->PULL + unpackb, one record a message",
+    ),
+    (
+        "ingest_vs_curve_ceiling",
+        "ingest, context: the same ceiling over CurveZMQ too",
+        "collector (check, store, index)",
+        "raw PUSH->PULL + unpackb, CurveZMQ",
+    ),
+)
+
+
 def ratio_row(what: str, goal: float, found: dict[str, Any], subject: str, baseline: str) -> str:
     """One same-run comparison: the median ratio and its spread, both rates, and CPU per operation."""
     mine, base = found[subject], found[baseline]
@@ -37,40 +59,9 @@ def render(results: dict[str, Any]) -> str:
         "| server CPU µs per op: subject vs baseline |",
         "|---|---|---|---|---|",
     ]
-    if "ingest" in results:
-        ingest = results["ingest"]
-        subject = next(name for name in ingest if name.startswith("collector"))
-        lines.append(
-            ratio_row(
-                "ingest: records stored vs raw PUSH→PULL + unpackb (batched as reporters send)",
-                0.8,
-                ingest,
-                subject,
-                "raw PUSH->PULL + unpackb",
-            )
-        )
-    if "ingest_one_a_message" in results:
-        lines.append(
-            ratio_row(
-                "ingest, context: one record a message (as before batches)",
-                0.8,
-                results["ingest_one_a_message"],
-                "collector, one record a message",
-                "raw PUSH->PULL + unpackb, one record a message",
-            )
-        )
-    if "ingest_vs_curve_ceiling" in results:
-        found = results["ingest_vs_curve_ceiling"]
-        subject = next(name for name in found if name.startswith("collector"))
-        lines.append(
-            ratio_row(
-                "ingest, context: the same ceiling over CurveZMQ too",
-                0.8,
-                found,
-                subject,
-                "raw PUSH->PULL + unpackb, CurveZMQ",
-            )
-        )
+    for key, what, subject, baseline in INGEST_ROWS:
+        if key in results:
+            lines.append(ratio_row(what, 0.8, results[key], subject, baseline))
     if "observe" in results:
         for proto, what in (
             ("tcp", "observing: TCP flows, reported vs off"),

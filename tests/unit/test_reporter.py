@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -66,6 +67,14 @@ def collector_on(context: zmq.Context, ingest: str, path: Path) -> Iterator[tupl
         collector.store.close()
 
 
+def reporter_to_router(zmq_context: zmq.Context, zmq_socket: ZmqSocket, **options: Any) -> tuple[zmq.Socket, Reporter]:
+    """A bare ROUTER on loopback with the stack's CurveZMQ keys (the test plays the collector) and a Reporter to it."""
+    router = zmq_socket(zmq.ROUTER)
+    secure_server(router)
+    router.bind("tcp://127.0.0.1:*")
+    return router, Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit", **options)
+
+
 def connection(sock: socket.socket, reporter: Reporter, flow: str) -> bool:
     return reporter.observe(sock, "connect", flow, Role.CLIENT, remote=("192.0.2.1", 7))
 
@@ -85,10 +94,7 @@ def test_records_arrive_numbered_with_the_sockets_own_proto_and_family(
     zmq_context: zmq.Context,
     zmq_socket: ZmqSocket,
 ) -> None:
-    router = zmq_socket(zmq.ROUTER)
-    secure_server(router)
-    router.bind("tcp://127.0.0.1:*")
-    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit", node="node1")
+    router, reporter = reporter_to_router(zmq_context, zmq_socket, node="node1")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("::", 9, 0, 0))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -127,10 +133,7 @@ def wakeups(thread: threading.Thread) -> int:
 def test_an_idle_courier_with_nothing_awaiting_an_ack_does_not_wake(
     zmq_context: zmq.Context, zmq_socket: ZmqSocket
 ) -> None:
-    router = zmq_socket(zmq.ROUTER)
-    secure_server(router)
-    router.bind("tcp://127.0.0.1:*")
-    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    router, reporter = reporter_to_router(zmq_context, zmq_socket)
     with socket.socket() as sock:
         assert connection(sock, reporter, "idle")
     peer, _ = router.recv_multipart()
@@ -156,10 +159,7 @@ def test_an_idle_courier_with_nothing_awaiting_an_ack_does_not_wake(
 def test_records_queued_between_two_wakeups_leave_as_one_message(
     zmq_context: zmq.Context, zmq_socket: ZmqSocket
 ) -> None:
-    router = zmq_socket(zmq.ROUTER)
-    secure_server(router)
-    router.bind("tcp://127.0.0.1:*")
-    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit")
+    router, reporter = reporter_to_router(zmq_context, zmq_socket)
     with socket.socket() as sock:
         assert all(connection(sock, reporter, f"f{i}") for i in range(3000))
     peer, messages, frames = receive(router, 3000)
