@@ -57,7 +57,7 @@ def run_echo(collector: str | None, ready: Queue[Any], stop: Event) -> None:
     reporter.close(grace=CLOSE_GRACE)
     # made: every record, sent or dropped; lost: dropped (the window was full: the collector fell behind) or never
     # acknowledged by the time the reporter closed
-    ready.put((reporter.sent + reporter.dropped, reporter.dropped + reporter.unacked))
+    ready.put((reporter.sent + reporter.window_drops, reporter.dropped + reporter.unacked))
     context.term()
 
 

@@ -43,6 +43,7 @@ from shared.delivery import (
     MAX_ACK_RANGES,
     MAX_MESSAGE,
     NO_REPORTER,
+    RECEIVE_QUEUE,
     Gap,
     Message,
     MessageKind,
@@ -352,6 +353,7 @@ def bind(context: zmq.Context, ingest: str, query: str) -> tuple[zmq.Socket, zmq
     router = context.socket(zmq.ROUTER)
     rep = context.socket(zmq.REP)
     limit_message_size(router, MAX_MESSAGE)  # a bigger message drops its sender's connection, unread
+    router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
     limit_message_size(rep, MAX_QUERY)
     try:
         secure_server(router)

@@ -38,6 +38,10 @@ NO_REPORTER = bytes(REPORTER_ID_SIZE)  # records stored without a sender's numbe
 MAX_ACK_RANGES = 4096
 MAX_MESSAGE = HEADER.size + ITEM.size + MAX_RECORD  # the collector's ROUTER refuses bigger (ZMQ_MAXMSGSIZE)
 MAX_ACK = HEADER.size + MAX_ACK_RANGES * RANGE.size  # a reporter's DEALER refuses bigger
+# Messages ZeroMQ may queue on a reporter's connection: its DEALER's SNDHWM and, per reporter, the collector's
+# ROUTER's RCVHWM. A message is a batch of up to 64 KiB, so this bounds the bytes a stalled collector makes
+# both sides hold (about 1 and 4 MiB); the records themselves wait in the reporter's window.
+SEND_QUEUE, RECEIVE_QUEUE = 16, 64
 
 
 class MessageKind(IntEnum):

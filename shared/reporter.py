@@ -29,6 +29,7 @@ from zmq.utils.monitor import recv_monitor_message
 from shared.curve import limit_message_size, secure_client
 from shared.delivery import (
     MAX_ACK,
+    SEND_QUEUE,
     Gap,
     MessageKind,
     batches,
@@ -70,12 +71,12 @@ class RateLimit:
         return True
 
 
-def connect_dealer(context: zmq.Context, endpoint: str, window: int, keys: str | None = None) -> zmq.Socket:
+def connect_dealer(context: zmq.Context, endpoint: str, keys: str | None = None) -> zmq.Socket:
     """The reporter's one socket: a DEALER connected to the collector's ROUTER (the stable side binds), a
     CurveZMQ client with the keys in `keys` (a directory; default SOCKLAB_KEYS)."""
     dealer = context.socket(zmq.DEALER)
     secure_client(dealer, keys)
-    dealer.setsockopt(zmq.SNDHWM, window)
+    dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE)  # batches, not records: the window holds what waits
     dealer.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged or still in the window
     limit_message_size(dealer, MAX_ACK)  # it receives acks only
     dealer.connect(endpoint)
@@ -105,6 +106,7 @@ class Reporter:
         self.sent = 0
         self.window_drops = 0  # counted by the data path
         self.oversized = 0  # counted by the courier
+        self.unpackable = 0  # counted by the courier
         self.rejects = RateLimit(REJECT_RATE, REJECT_BURST)
         self.unreported_rejects = 0
         self.acked = 0
@@ -120,7 +122,7 @@ class Reporter:
         self._asleep = False  # the courier is in its long sleep: the next record wakes it
         self._last_queued = 0.0
         self._broken_at: float | None = None  # when the connection broke, while it is broken
-        self._dealer = connect_dealer(context, endpoint, window, keys)
+        self._dealer = connect_dealer(context, endpoint, keys)
         self._courier = threading.Thread(target=self._run_courier, name=f"reporter-{service}", daemon=True)
         self._courier.start()
 
@@ -131,8 +133,8 @@ class Reporter:
 
     @property
     def dropped(self) -> int:
-        """Records dropped: the window full, or bigger than the collector takes."""
-        return self.window_drops + self.oversized
+        """Records dropped: the window full, bigger than the collector takes, or not packable."""
+        return self.window_drops + self.oversized + self.unpackable
 
     def report(self, record: Record) -> bool:
         """Queue one record of any kind without waiting; False when the window is full and it was dropped: its
@@ -307,14 +309,27 @@ class Reporter:
         takes goes as a gap of its own number."""
         if isinstance(payload, Gap):
             item = pack_item(MessageKind.GAP, seq, pack_gap(payload))
-        elif len(data := pack_record(payload)) > MAX_RECORD:
-            self.oversized += 1
-            log.warning("a %s record of %d bytes exceeds %d: dropped", self.service, len(data), MAX_RECORD)
+        elif (data := self._packed(payload)) is None:
             item = pack_item(MessageKind.GAP, seq, pack_gap(Gap(seq, seq, self.service)))
         else:
             item = pack_item(MessageKind.RECORD, seq, data)
         self._unacked[seq] = (item, time.monotonic())
         return item
+
+    def _packed(self, record: Record) -> bytes | None:
+        """A record's bytes, or None (logged and counted) when it cannot go: bigger than the collector takes, or
+        holding what msgpack cannot write (a set, an object in `extra`); the courier must outlive any record."""
+        try:
+            data = pack_record(record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.unpackable += 1
+            log.warning("a %s record cannot be packed: dropped (%s)", self.service, exc)
+            return None
+        if len(data) > MAX_RECORD:
+            self.oversized += 1
+            log.warning("a %s record of %d bytes exceeds %d: dropped", self.service, len(data), MAX_RECORD)
+            return None
+        return data
 
     def _send_batch(self, items: list[bytes]) -> bool:
         """One BATCH message of these items, without blocking; False when the socket's queue is full."""

@@ -503,20 +503,32 @@ def test_a_message_past_maxmsgsize_never_reaches_ingest_and_the_collector_serves
     assert query_collector(zmq_context, live_collector.query, {"op": "ping"})["ok"], "and still answers"
 
 
-def test_a_record_bigger_than_the_collector_takes_is_dropped_counted_and_shown_as_a_gap_of_its_number(
-    zmq_context: zmq.Context, live_collector: LiveCollector, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("extra", "counter", "logged"),
+    [
+        ({"pad": "x" * MAX_RECORD}, "oversized", f"exceeds {MAX_RECORD}: dropped"),
+        ({"when": {1, 2}}, "unpackable", "cannot be packed: dropped"),  # msgpack writes no set
+        ({"big": 2**64}, "unpackable", "cannot be packed: dropped"),
+    ],
+    ids=["oversized", "a set", "an int past 64 bits"],
+)
+def test_a_record_the_collector_cannot_take_is_dropped_counted_and_shown_as_a_gap_of_its_number(
+    zmq_context: zmq.Context,
+    live_collector: LiveCollector,
+    caplog: pytest.LogCaptureFixture,
+    extra: dict[str, Any],
+    counter: str,
+    logged: str,
 ) -> None:
     reporter = Reporter(zmq_context, live_collector.ingest, "svc")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        assert reporter.observe(sock, "bind", None, Role.SERVER, extra={"pad": "x" * MAX_RECORD}), (
-            "queued: the courier packs"
-        )
+        assert reporter.observe(sock, "bind", None, Role.SERVER, extra=extra), "queued: the courier packs"
         assert reporter.observe(sock, "bind", None, Role.SERVER, local=("0.0.0.0", 9))
-    assert reporter.flush(5)
-    assert (reporter.oversized, reporter.dropped, reporter.sent) == (1, 1, 2)
-    assert f"exceeds {MAX_RECORD}: dropped" in caplog.text
+    assert reporter.flush(5), "the courier outlives the record and delivers the next"
+    assert (getattr(reporter, counter), reporter.dropped, reporter.sent) == (1, 1, 2)
+    assert logged in caplog.text
     [kept] = live_collector.records()
-    assert kept.local == ("0.0.0.0", 9), "the oversized record never reached the collector"
+    assert kept.local == ("0.0.0.0", 9), "the record that cannot go never reached the collector"
     report = live_collector.collector.report()
     assert report.lost == {"svc": 1} and report.missing == {}, "its number is accounted for, as lost"
     assert report.gaps == (LostRange("svc", reporter.id.hex()[:8], 1, 1),)

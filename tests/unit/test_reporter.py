@@ -23,6 +23,7 @@ from shared.collector_protocol import query_collector
 from shared.curve import secure_client, secure_server
 from shared.delivery import (
     MAX_MESSAGE,
+    RECEIVE_QUEUE,
     Message,
     MessageKind,
     batches,
@@ -321,3 +322,24 @@ def test_the_largest_record_and_batch_get_through_curvezmq(
     dealer.send(frame)
     assert dealer.poll(5000), "acknowledged"
     assert unpack_ack(dealer.recv())[1] == [(1, end)]
+
+
+def test_a_collector_that_stops_reading_holds_a_reporter_to_a_few_queued_batches(
+    zmq_context: zmq.Context, zmq_socket: ZmqSocket
+) -> None:
+    router = zmq_socket(zmq.ROUTER)
+    router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)  # as the collector's, which then stalls (a long fsync, SIGSTOP)
+    secure_server(router)
+    router.bind("tcp://127.0.0.1:*")
+    reporter = Reporter(zmq_context, router.getsockopt_string(zmq.LAST_ENDPOINT), "unit", resend_after=0.2)
+    with socket.socket() as sock:
+        assert all(connection(sock, reporter, f"f{i}") for i in range(5000))
+    wait_for(lambda: reporter.resent, "resends of what the collector never acknowledged")
+
+    def settled() -> bool:
+        before = reporter.resent
+        time.sleep(0.3)  # six resend rounds: each would queue the whole window again if ZeroMQ took it
+        return reporter.resent == before
+
+    wait_for(settled, "resends to stop once ZeroMQ's few queued batches are full", timeout=5)
+    reporter.close(grace=0)
