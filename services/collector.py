@@ -428,10 +428,10 @@ class Pipeline:
         if not stored:
             log.warning("%d messages read while the store failed are dropped unacknowledged", len(batch.entries))
             return
-        future: Future[bool] = Future()
         if batch.entries:
             future = self._writer.submit(self.collector.store.append_batch, batch.entries)
         else:
+            future = Future()
             future.set_result(True)  # duplicates and refusals only: acknowledged in turn, after the batch before
         self._writing = (future, batch)
         if last is not None:
@@ -490,8 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     make_keys(Path(cfg.keys))
     store = Store(args.store)
-    collector = Collector(store)
-    gc.freeze()  # what the replay kept lives as long as the collector: the cyclic GC need not scan it again
+    collector = Collector(store)  # its replay ends by freezing what it kept: the cyclic GC need not scan it again
     context = zmq.Context()
     serve_page(collector, "", cfg.http_port)
     log.info("collector ingesting on %d, answering on %d, page on %d", cfg.ingest_port, cfg.query_port, cfg.http_port)

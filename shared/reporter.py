@@ -142,7 +142,7 @@ class Reporter:
         if not record.node and self.node:
             record = replace(record, node=self.node)
         seq = next(self._seq)
-        if len(self._fresh) + len(self._unacked) >= self.window:
+        if self.unacked >= self.window:
             self.window_drops += 1
             first = self._gap.first if self._gap else seq
             self._gap = Gap(first, seq, self.service)
